@@ -1,0 +1,408 @@
+//! One side of one binding, shared by both drivers.
+//!
+//! A [`Binding`] is the binding context one module hands the NMR: the peer's
+//! binding context and dispatch table, the rundown that counts this side's
+//! calls into the peer, this side's NMR binding handle, and the owner's own
+//! per-binding data. Its life:
+//!
+//! ```text
+//! attach ──> active ──detach──> SUCCESS (drained now) ──────────────┐
+//!   │          │                PENDING ──last call returns──> complete ──> cleanup (freed)
+//!   └─declined─┴─> freed by the module itself (no detach, no cleanup)
+//! ```
+//!
+//! - Calls into the peer go through [`Binding::call`] or [`Binding::acquire`],
+//!   which hand out a [`PeerCall`]: no guard, no peer. Once the detach callback
+//!   has run, both answer `None` (R9).
+//! - [`Binding::detach`] is the detach callback's body: it never blocks (R8).
+//! - The release that drains a detaching binding calls
+//!   `Nmr*DetachComplete` inline, exactly once, and touches nothing after.
+//! - [`Binding::destroy`] is the cleanup callback's body: the only place the
+//!   binding is freed (R10).
+
+use alloc::boxed::Box;
+use alloc::vec::Vec;
+use core::alloc::Layout;
+use core::ffi::c_void;
+use core::marker::PhantomData;
+use core::ptr::{self, NonNull};
+
+use crate::ffi::{HANDLE, NTSTATUS, STATUS_PENDING, STATUS_SUCCESS};
+use crate::nmr::Nmr;
+use crate::rundown::{Drain, Rundown, RundownGuard, RundownOwner};
+use crate::sync::SpinLock;
+use crate::trace::{Event, Record};
+
+/// Which side of the binding this is: decides which completion is called.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The NPI client: completes with `NmrClientDetachProviderComplete`.
+    Client,
+    /// The NPI provider: completes with `NmrProviderDetachClientComplete`.
+    Provider,
+}
+
+/// One side of one binding. `D` is the peer's dispatch table type, `T` the
+/// owner's per-binding data.
+pub struct Binding<N: Nmr, D: 'static, T> {
+    nmr: N,
+    role: Role,
+    module: &'static str,
+    handle: HANDLE,
+    // Written once before the binding can be acquired (see `peer_slots` and
+    // `with_peer`), read-only afterwards. Null dispatch: never callable.
+    peer_context: *mut c_void,
+    peer_dispatch: *const c_void,
+    rundown: Rundown,
+    /// The owner's per-binding data (counters and the like). Reachable from
+    /// any thread holding the binding, so it is usually atomics.
+    pub data: T,
+    _dispatch: PhantomData<&'static D>,
+}
+
+// SAFETY: the raw pointers are the peer's context and dispatch table, which
+// the NMR keeps valid until cleanup and which the peer expects to be used from
+// any thread; everything else is `Sync` when `N` and `T` are.
+unsafe impl<N: Nmr, D: Sync, T: Sync> Sync for Binding<N, D, T> {}
+// SAFETY: as above; nothing in a binding is tied to a thread.
+unsafe impl<N: Nmr, D: Sync, T: Send> Send for Binding<N, D, T> {}
+
+/// Allocates like `Box::new`, but reports failure instead of aborting: the
+/// kernel heap can run out, and an attach callback must then decline.
+pub fn try_box<T>(value: T) -> Result<Box<T>, T> {
+    let layout = Layout::new::<T>();
+    if layout.size() == 0 {
+        return Ok(Box::new(value));
+    }
+    // SAFETY: the layout has a non-zero size.
+    let raw = unsafe { alloc::alloc::alloc(layout) }.cast::<T>();
+    if raw.is_null() {
+        return Err(value);
+    }
+    // SAFETY: `raw` is a fresh allocation with `T`'s layout, written before use;
+    // `Box` frees it with the same global allocator and layout.
+    unsafe {
+        raw.write(value);
+        Ok(Box::from_raw(raw))
+    }
+}
+
+impl<N: Nmr, D: 'static, T> Binding<N, D, T> {
+    /// A binding with no peer yet, and its rundown ready: calls can never
+    /// arrive before the rundown exists. `Err` gives `data` back when the heap
+    /// is exhausted.
+    pub fn new(
+        nmr: N,
+        role: Role,
+        module: &'static str,
+        handle: HANDLE,
+        data: T,
+    ) -> Result<Box<Self>, T> {
+        try_box(Binding {
+            nmr,
+            role,
+            module,
+            handle,
+            peer_context: ptr::null_mut(),
+            peer_dispatch: ptr::null(),
+            rundown: Rundown::new(),
+            data,
+            _dispatch: PhantomData,
+        })
+        .map_err(|b| b.data)
+    }
+
+    /// Sets the peer before the binding is shared (the provider's attach:
+    /// the client's context and dispatch are inputs). `dispatch` must have
+    /// passed [`crate::npi::check_dispatch`] for `D`.
+    pub fn set_peer(&mut self, context: *mut c_void, dispatch: &'static D) {
+        self.peer_context = context;
+        self.peer_dispatch = ptr::from_ref(dispatch).cast();
+    }
+
+    /// The out parameters of `NmrClientAttachProvider` (the client's attach:
+    /// the provider's context and dispatch are outputs).
+    ///
+    /// # Safety
+    ///
+    /// `this` is a live binding that no thread is acquiring yet.
+    pub unsafe fn peer_slots(this: *mut Self) -> (*mut *mut c_void, *mut *const c_void) {
+        // SAFETY: `this` is live; raw projections create no reference.
+        unsafe {
+            (
+                &raw mut (*this).peer_context,
+                &raw mut (*this).peer_dispatch,
+            )
+        }
+    }
+
+    /// Accepts or forgets the dispatch table the peer wrote through
+    /// [`Binding::peer_slots`]: `check` sees the raw table and returns it typed,
+    /// or `None` to leave the binding uncallable (a peer that lied).
+    pub fn adopt_peer_dispatch(
+        &mut self,
+        check: impl FnOnce(*const c_void) -> Option<&'static D>,
+    ) -> bool {
+        match check(self.peer_dispatch) {
+            Some(table) => {
+                self.peer_dispatch = ptr::from_ref(table).cast();
+                true
+            }
+            None => {
+                self.peer_dispatch = ptr::null();
+                false
+            }
+        }
+    }
+
+    /// This side's NMR binding handle.
+    pub fn handle(&self) -> HANDLE {
+        self.handle
+    }
+
+    /// The binding's trace id: its address.
+    pub fn id(&self) -> usize {
+        ptr::from_ref(self).addr()
+    }
+
+    /// Whether the detach callback has run.
+    pub fn is_detaching(&self) -> bool {
+        self.rundown.is_draining()
+    }
+
+    /// Calls in flight into the peer now (a snapshot).
+    pub fn in_flight(&self) -> usize {
+        self.rundown.in_flight()
+    }
+
+    /// Counts one call into the peer, or `None` once detaching or when the peer
+    /// gave no usable dispatch table.
+    pub fn acquire(&self) -> Option<PeerCall<'_, N, D, T>> {
+        if self.peer_dispatch.is_null() {
+            return None;
+        }
+        RundownGuard::try_acquire(self).map(|guard| PeerCall { guard })
+    }
+
+    /// Runs `f` with the peer while counted in flight; `None` once detaching.
+    pub fn call<R>(&self, f: impl FnOnce(&PeerCall<'_, N, D, T>) -> R) -> Option<R> {
+        self.acquire().map(|peer| f(&peer))
+    }
+
+    /// The detach callback's body: stops new calls and answers
+    /// `STATUS_SUCCESS` (nothing in flight; no completion will follow) or
+    /// `STATUS_PENDING` (the last call in flight completes). Never blocks.
+    ///
+    /// # Safety
+    ///
+    /// `this` is a live binding. After the drain begins, a completion (and with
+    /// it the cleanup) may run on another processor at any moment, so this
+    /// function copies what it needs first and never touches `this` afterwards.
+    pub unsafe fn detach(this: NonNull<Self>) -> NTSTATUS {
+        // SAFETY: live on entry; the reference ends before the drain begins.
+        let binding = unsafe { this.as_ref() };
+        let (nmr, module, id) = (binding.nmr.clone(), binding.module, binding.id());
+        let drain = binding.rundown.begin_drain();
+        // From here on `binding` is not used: see the safety section.
+        let (status, event) = match drain {
+            Drain::Drained => (STATUS_SUCCESS, Event::DetachSuccess),
+            Drain::Pending { .. } => (STATUS_PENDING, Event::DetachPending),
+            // The NMR called detach twice (a contract violation). Answering
+            // SUCCESS could let it free the binding under a pending completion;
+            // PENDING can at worst hang, never corrupt.
+            Drain::AlreadyDraining => (STATUS_PENDING, Event::PeerFault),
+        };
+        let record = Record {
+            module,
+            binding: Some(id),
+            event,
+            status,
+            detail: None,
+        };
+        match drain {
+            Drain::Pending { in_flight } => nmr.trace(&Record {
+                detail: Some(format_args!("in-flight={in_flight}")),
+                ..record
+            }),
+            Drain::AlreadyDraining => nmr.trace(&Record {
+                detail: Some(format_args!("detach called twice")),
+                ..record
+            }),
+            Drain::Drained => nmr.trace(&record),
+        }
+        status
+    }
+
+    /// The cleanup callback's body: traces and frees the binding.
+    ///
+    /// # Safety
+    ///
+    /// `this` came from `Box::into_raw` of a binding whose both sides have
+    /// completed detachment (the NMR calls cleanup only then), and nothing
+    /// refers to it any more (the owner has unlinked it).
+    pub unsafe fn destroy(this: NonNull<Self>) {
+        // SAFETY: the caller gives us the only, boxed binding.
+        let binding = unsafe { Box::from_raw(this.as_ptr()) };
+        debug_assert!(binding.rundown.is_draining() && binding.rundown.in_flight() == 0);
+        binding.nmr.trace(&Record {
+            module: binding.module,
+            binding: Some(binding.id()),
+            event: Event::Cleanup,
+            status: STATUS_SUCCESS,
+            detail: None,
+        });
+    }
+}
+
+// SAFETY: `rundown` returns the field of `self`.
+unsafe impl<N: Nmr, D: 'static, T> RundownOwner for Binding<N, D, T> {
+    fn rundown(&self) -> &Rundown {
+        &self.rundown
+    }
+
+    unsafe fn drained(this: NonNull<Self>) {
+        // SAFETY: valid on entry (only this completion leads to cleanup).
+        let binding = unsafe { this.as_ref() };
+        // Copy out everything: the completion call below may free the binding,
+        // and the module's own memory may be freed right after it too.
+        let (nmr, role, handle) = (binding.nmr.clone(), binding.role, binding.handle);
+        nmr.trace(&Record {
+            module: binding.module,
+            binding: Some(binding.id()),
+            event: Event::DetachComplete,
+            status: STATUS_SUCCESS,
+            detail: None,
+        });
+        // SAFETY: the detach callback answered PENDING and this is the one
+        // drain report; `handle` is this side's binding handle. Nothing
+        // touches the binding after this call.
+        unsafe {
+            match role {
+                Role::Client => nmr.client_detach_provider_complete(handle),
+                Role::Provider => nmr.provider_detach_client_complete(handle),
+            }
+        }
+    }
+}
+
+/// One call in flight into the peer: the peer's context and dispatch table are
+/// reachable only through it. Dropping it ends the call, and if it was the
+/// last one of a detaching binding, completes the detach inline.
+pub struct PeerCall<'a, N: Nmr, D: 'static, T> {
+    guard: RundownGuard<'a, Binding<N, D, T>>,
+}
+
+impl<N: Nmr, D: 'static, T> PeerCall<'_, N, D, T> {
+    /// The peer's dispatch table.
+    pub fn dispatch(&self) -> &D {
+        // SAFETY: `acquire` refuses a null table; a non-null one passed
+        // `check_dispatch` for `D` and stays valid until cleanup, which cannot
+        // come while this call is counted.
+        unsafe { &*self.guard.peer_dispatch.cast::<D>() }
+    }
+
+    /// The peer's binding context, to pass back to its dispatch functions.
+    pub fn context(&self) -> *mut c_void {
+        self.guard.peer_context
+    }
+
+    /// Our side of the binding.
+    pub fn binding(&self) -> &Binding<N, D, T> {
+        &self.guard
+    }
+}
+
+struct Linked<B>(NonNull<B>);
+// SAFETY: a linked binding is `Sync` (shared by reference across threads);
+// the list only moves the pointer between threads.
+unsafe impl<B: Sync> Send for Linked<B> {}
+
+/// The bindings of one module, for the threads that call through all of them.
+///
+/// Linked in the attach callback after the binding is complete, unlinked in the
+/// cleanup callback before it is freed. A call is acquired under the lock, so
+/// a binding cannot be freed between being found and being acquired; the call
+/// itself, and the release that may complete the detach, run after the lock
+/// is dropped (the completion runs the cleanup, which takes the lock).
+pub struct BindingSet<N: Nmr, D: 'static, T> {
+    list: SpinLock<N::Lock, LinkedList<N, D, T>>,
+}
+
+type LinkedList<N, D, T> = Vec<Linked<Binding<N, D, T>>>;
+
+/// The heap was exhausted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutOfMemory;
+
+impl<N: Nmr, D: Sync + 'static, T: Sync> BindingSet<N, D, T> {
+    /// An empty set.
+    pub fn new() -> Self {
+        BindingSet {
+            list: SpinLock::new(Vec::new()),
+        }
+    }
+
+    /// Links a binding. `Err` when the heap is exhausted (decline the attach).
+    ///
+    /// # Safety
+    ///
+    /// `binding` stays valid until it is removed with [`BindingSet::remove`].
+    pub unsafe fn insert(&self, binding: NonNull<Binding<N, D, T>>) -> Result<(), OutOfMemory> {
+        let mut list = self.list.lock();
+        list.try_reserve(1).map_err(|_| OutOfMemory)?;
+        list.push(Linked(binding));
+        Ok(())
+    }
+
+    /// Unlinks a binding; false if it was not linked.
+    pub fn remove(&self, binding: NonNull<Binding<N, D, T>>) -> bool {
+        let mut list = self.list.lock();
+        match list.iter().position(|b| b.0 == binding) {
+            Some(i) => {
+                list.swap_remove(i);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// How many bindings are linked.
+    pub fn len(&self) -> usize {
+        self.list.lock().len()
+    }
+
+    /// Whether no binding is linked.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Calls `f` once for each linked binding that can be called now, with the
+    /// call counted in flight; returns how many bindings refused (detaching).
+    pub fn for_each_call(&self, mut f: impl FnMut(PeerCall<'_, N, D, T>)) -> usize {
+        let mut refused = 0;
+        let mut index = 0;
+        loop {
+            let acquired = {
+                let list = self.list.lock();
+                let Some(linked) = list.get(index) else { break };
+                index += 1;
+                // SAFETY: linked bindings are valid until removed, and removal
+                // takes this lock; once acquired, the count keeps the binding
+                // alive after the lock is dropped.
+                let binding = unsafe { linked.0.as_ref() };
+                binding.acquire()
+            };
+            match acquired {
+                Some(call) => f(call),
+                None => refused += 1,
+            }
+        }
+        refused
+    }
+}
+
+impl<N: Nmr, D: Sync + 'static, T: Sync> Default for BindingSet<N, D, T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}

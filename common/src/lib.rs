@@ -1,0 +1,24 @@
+//! The portable core shared by the NMR client and provider drivers.
+//!
+//! `#![no_std]` with `alloc`, no WDK: it builds for the Windows kernel and for
+//! the Linux host alike. See `DESIGN.md` for how the pieces fit.
+//!
+//! - [`ffi`]: the `netioddk.h` ABI, declared by hand and pinned by layout checks.
+//! - [`nmr`]: the [`nmr::Nmr`] seam and its Windows implementation.
+//! - [`npi`]: this project's NPI: id, versions, dispatch tables, checksum.
+//! - [`rundown`]: the in-flight call counter.
+//! - [`binding`]: one side of one binding, and a module's set of bindings.
+//! - [`sync`]: a DISPATCH-safe spin lock over the platform's raw lock.
+//! - [`trace`]: one trace line per NMR event.
+
+#![no_std]
+
+extern crate alloc;
+
+pub mod binding;
+pub mod ffi;
+pub mod nmr;
+pub mod npi;
+pub mod rundown;
+pub mod sync;
+pub mod trace;

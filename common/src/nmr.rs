@@ -1,0 +1,203 @@
+//! The seam between the module logic and the registrar it runs on.
+//!
+//! [`Nmr`] is the nine NMR functions of `netioddk.h`, plus the three kernel
+//! services the portable logic needs (a DISPATCH-safe spin lock, a trace sink,
+//! a PASSIVE delay). [`Netio`] implements it on Windows by calling `netio.sys`
+//! and `ntoskrnl.exe`; `nmr_sim::Sim` implements it on any host as a model.
+//! Module logic is generic over `N: Nmr` and keeps its own `N`.
+
+use core::ffi::c_void;
+
+use crate::ffi::*;
+use crate::sync::RawSpinLock;
+use crate::trace::Record;
+
+/// The NMR, as seen by one module.
+///
+/// The functions mirror `netioddk.h` one for one; their safety conditions are
+/// the NMR's own (NMR-CONTRACT.md §2). IRQL requirements are in brackets.
+///
+/// `Clone` because a completion must not borrow the module: the code that
+/// reports a drain clones the `N` it needs onto its stack first, since the
+/// module may be gone by the time the completion call returns.
+pub trait Nmr: Clone + Send + Sync + 'static {
+    /// The spin lock for data that DISPATCH_LEVEL callbacks touch.
+    type Lock: RawSpinLock;
+
+    /// `NmrRegisterClient` [PASSIVE]. Attach callbacks may run before it returns.
+    ///
+    /// # Safety
+    /// `characteristics` and everything it points to, and `context`, stay valid
+    /// until the deregistration wait returns; `handle` is writable.
+    unsafe fn register_client(
+        &self,
+        characteristics: *const NPI_CLIENT_CHARACTERISTICS,
+        context: *mut c_void,
+        handle: *mut HANDLE,
+    ) -> NTSTATUS;
+
+    /// `NmrDeregisterClient` [<= DISPATCH].
+    ///
+    /// # Safety
+    /// `handle` came from `register_client` and was not deregistered before.
+    unsafe fn deregister_client(&self, handle: HANDLE) -> NTSTATUS;
+
+    /// `NmrWaitForClientDeregisterComplete` [< DISPATCH].
+    ///
+    /// # Safety
+    /// `handle` came from `register_client` and was deregistered.
+    unsafe fn wait_for_client_deregister_complete(&self, handle: HANDLE) -> NTSTATUS;
+
+    /// `NmrClientAttachProvider` [PASSIVE], inside `ClientAttachProvider` only.
+    ///
+    /// # Safety
+    /// `binding` is the handle given to the running `ClientAttachProvider`;
+    /// `client_binding_context` and `client_dispatch` stay valid until cleanup;
+    /// the two out pointers are writable.
+    unsafe fn client_attach_provider(
+        &self,
+        binding: HANDLE,
+        client_binding_context: *mut c_void,
+        client_dispatch: *const c_void,
+        provider_binding_context: *mut *mut c_void,
+        provider_dispatch: *mut *const c_void,
+    ) -> NTSTATUS;
+
+    /// `NmrClientDetachProviderComplete` [<= DISPATCH].
+    ///
+    /// # Safety
+    /// Once per binding, only after `ClientDetachProvider` returned (or is about
+    /// to return) `STATUS_PENDING`. The binding context may be freed inside.
+    unsafe fn client_detach_provider_complete(&self, binding: HANDLE);
+
+    /// `NmrRegisterProvider` [PASSIVE]. Attach callbacks may run before it returns.
+    ///
+    /// # Safety
+    /// As for [`Nmr::register_client`].
+    unsafe fn register_provider(
+        &self,
+        characteristics: *const NPI_PROVIDER_CHARACTERISTICS,
+        context: *mut c_void,
+        handle: *mut HANDLE,
+    ) -> NTSTATUS;
+
+    /// `NmrDeregisterProvider` [<= DISPATCH].
+    ///
+    /// # Safety
+    /// As for [`Nmr::deregister_client`].
+    unsafe fn deregister_provider(&self, handle: HANDLE) -> NTSTATUS;
+
+    /// `NmrWaitForProviderDeregisterComplete` [< DISPATCH].
+    ///
+    /// # Safety
+    /// As for [`Nmr::wait_for_client_deregister_complete`].
+    unsafe fn wait_for_provider_deregister_complete(&self, handle: HANDLE) -> NTSTATUS;
+
+    /// `NmrProviderDetachClientComplete` [<= DISPATCH].
+    ///
+    /// # Safety
+    /// As for [`Nmr::client_detach_provider_complete`].
+    unsafe fn provider_detach_client_complete(&self, binding: HANDLE);
+
+    /// Emits one trace line. Must not block: it runs at any IRQL.
+    fn trace(&self, record: &Record<'_>);
+
+    /// Waits `micros` microseconds [PASSIVE only]: the provider's latency knob.
+    fn delay(&self, micros: u32);
+}
+
+/// The real NMR: `netio.sys`, and `ntoskrnl.exe` for the lock and the delay.
+#[cfg(target_os = "windows")]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Netio;
+
+#[cfg(target_os = "windows")]
+mod netio_impl {
+    use super::*;
+    use crate::ffi::netio as sys;
+
+    #[cfg_attr(
+        feature = "raw-dylib",
+        link(name = "ntoskrnl.exe", kind = "raw-dylib", modifiers = "+verbatim")
+    )]
+    #[cfg_attr(not(feature = "raw-dylib"), link(name = "ntoskrnl"))]
+    unsafe extern "system" {
+        fn KeDelayExecutionThread(WaitMode: i8, Alertable: u8, Interval: *const i64) -> NTSTATUS;
+    }
+
+    impl Nmr for Netio {
+        type Lock = crate::sync::KernelSpinLock;
+
+        unsafe fn register_client(
+            &self,
+            characteristics: *const NPI_CLIENT_CHARACTERISTICS,
+            context: *mut c_void,
+            handle: *mut HANDLE,
+        ) -> NTSTATUS {
+            // SAFETY: the caller upholds `NmrRegisterClient`'s contract.
+            unsafe { sys::NmrRegisterClient(characteristics, context, handle) }
+        }
+        unsafe fn deregister_client(&self, handle: HANDLE) -> NTSTATUS {
+            // SAFETY: the caller upholds `NmrDeregisterClient`'s contract.
+            unsafe { sys::NmrDeregisterClient(handle) }
+        }
+        unsafe fn wait_for_client_deregister_complete(&self, handle: HANDLE) -> NTSTATUS {
+            // SAFETY: the caller upholds the wait's contract.
+            unsafe { sys::NmrWaitForClientDeregisterComplete(handle) }
+        }
+        unsafe fn client_attach_provider(
+            &self,
+            binding: HANDLE,
+            client_binding_context: *mut c_void,
+            client_dispatch: *const c_void,
+            provider_binding_context: *mut *mut c_void,
+            provider_dispatch: *mut *const c_void,
+        ) -> NTSTATUS {
+            // SAFETY: the caller upholds `NmrClientAttachProvider`'s contract.
+            unsafe {
+                sys::NmrClientAttachProvider(
+                    binding,
+                    client_binding_context,
+                    client_dispatch,
+                    provider_binding_context,
+                    provider_dispatch,
+                )
+            }
+        }
+        unsafe fn client_detach_provider_complete(&self, binding: HANDLE) {
+            // SAFETY: the caller upholds the completion's contract.
+            unsafe { sys::NmrClientDetachProviderComplete(binding) }
+        }
+        unsafe fn register_provider(
+            &self,
+            characteristics: *const NPI_PROVIDER_CHARACTERISTICS,
+            context: *mut c_void,
+            handle: *mut HANDLE,
+        ) -> NTSTATUS {
+            // SAFETY: the caller upholds `NmrRegisterProvider`'s contract.
+            unsafe { sys::NmrRegisterProvider(characteristics, context, handle) }
+        }
+        unsafe fn deregister_provider(&self, handle: HANDLE) -> NTSTATUS {
+            // SAFETY: the caller upholds `NmrDeregisterProvider`'s contract.
+            unsafe { sys::NmrDeregisterProvider(handle) }
+        }
+        unsafe fn wait_for_provider_deregister_complete(&self, handle: HANDLE) -> NTSTATUS {
+            // SAFETY: the caller upholds the wait's contract.
+            unsafe { sys::NmrWaitForProviderDeregisterComplete(handle) }
+        }
+        unsafe fn provider_detach_client_complete(&self, binding: HANDLE) {
+            // SAFETY: the caller upholds the completion's contract.
+            unsafe { sys::NmrProviderDetachClientComplete(binding) }
+        }
+        fn trace(&self, record: &Record<'_>) {
+            crate::trace::emit(record);
+        }
+        fn delay(&self, micros: u32) {
+            // Negative: relative time, in 100 ns units.
+            let interval = -(i64::from(micros) * 10);
+            // SAFETY: `interval` is a valid LARGE_INTEGER for the call's
+            // duration; KernelMode (0), not alertable; the caller is at PASSIVE.
+            unsafe { KeDelayExecutionThread(0, 0, &interval) };
+        }
+    }
+}

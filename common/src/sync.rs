@@ -1,0 +1,184 @@
+//! A spin lock whose raw part the platform supplies.
+//!
+//! The module's binding lists are touched by cleanup callbacks, which the NMR
+//! may run at DISPATCH_LEVEL. A plain spin flag would deadlock there: a
+//! PASSIVE thread holding it can be preempted on its processor by DISPATCH
+//! code spinning for it. So the raw lock raises the IRQL to DISPATCH_LEVEL
+//! while held: `KeAcquireSpinLockRaiseToDpc` on Windows; the model raises its
+//! simulated IRQL, so that anything that would block under the lock is caught.
+
+use core::cell::UnsafeCell;
+use core::ops::{Deref, DerefMut};
+
+/// The platform's raw spin lock.
+///
+/// # Safety
+///
+/// `lock` must not return while another holder has not called `unlock`
+/// (mutual exclusion), and `unlock` must make the holder's writes visible to
+/// the next `lock` (acquire/release semantics).
+pub unsafe trait RawSpinLock: Send + Sync {
+    /// What `lock` saves and `unlock` restores (the previous IRQL).
+    type Saved;
+    /// A new, unlocked lock.
+    fn new() -> Self;
+    /// Spins until the lock is held, raising to DISPATCH_LEVEL.
+    fn lock(&self) -> Self::Saved;
+    /// Releases the lock and restores what `lock` saved.
+    ///
+    /// # Safety
+    ///
+    /// The caller holds the lock, and `saved` is what its `lock` returned.
+    unsafe fn unlock(&self, saved: Self::Saved);
+}
+
+/// Data protected by a [`RawSpinLock`].
+pub struct SpinLock<R: RawSpinLock, T> {
+    raw: R,
+    data: UnsafeCell<T>,
+}
+
+// SAFETY: the raw lock gives mutual exclusion, so sharing the lock shares `T`
+// between threads one at a time: `T: Send` is what that needs.
+unsafe impl<R: RawSpinLock, T: Send> Sync for SpinLock<R, T> {}
+// SAFETY: moving the lock moves `T`.
+unsafe impl<R: RawSpinLock, T: Send> Send for SpinLock<R, T> {}
+
+impl<R: RawSpinLock, T> SpinLock<R, T> {
+    /// A new, unlocked lock around `data`.
+    pub fn new(data: T) -> Self {
+        SpinLock {
+            raw: R::new(),
+            data: UnsafeCell::new(data),
+        }
+    }
+
+    /// Spins until held. Keep the guard short; never block or call out under it.
+    pub fn lock(&self) -> SpinLockGuard<'_, R, T> {
+        let saved = Some(self.raw.lock());
+        SpinLockGuard { lock: self, saved }
+    }
+}
+
+/// Holds a [`SpinLock`]; releases it on drop.
+pub struct SpinLockGuard<'a, R: RawSpinLock, T> {
+    lock: &'a SpinLock<R, T>,
+    saved: Option<R::Saved>,
+}
+
+impl<R: RawSpinLock, T> Deref for SpinLockGuard<'_, R, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        // SAFETY: the guard holds the lock, so no one else reaches `data`.
+        unsafe { &*self.lock.data.get() }
+    }
+}
+
+impl<R: RawSpinLock, T> DerefMut for SpinLockGuard<'_, R, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        // SAFETY: the guard holds the lock, and `&mut self` makes this the only
+        // reference derived from it.
+        unsafe { &mut *self.lock.data.get() }
+    }
+}
+
+impl<R: RawSpinLock, T> Drop for SpinLockGuard<'_, R, T> {
+    fn drop(&mut self) {
+        if let Some(saved) = self.saved.take() {
+            // SAFETY: this guard holds the lock and `saved` came from its `lock`.
+            unsafe { self.lock.raw.unlock(saved) };
+        }
+    }
+}
+
+/// A portable raw lock with no IRQL: a test-and-test-and-set flag. For host
+/// code that has no IRQL to raise (unit tests); never for the kernel.
+pub struct FlagLock(core::sync::atomic::AtomicBool);
+
+// SAFETY: `lock` takes the flag with an Acquire swap and returns only once it
+// saw it clear; `unlock` clears it with Release.
+unsafe impl RawSpinLock for FlagLock {
+    type Saved = ();
+    fn new() -> Self {
+        FlagLock(core::sync::atomic::AtomicBool::new(false))
+    }
+    fn lock(&self) {
+        use core::sync::atomic::Ordering;
+        while self.0.swap(true, Ordering::Acquire) {
+            while self.0.load(Ordering::Relaxed) {
+                core::hint::spin_loop();
+            }
+        }
+    }
+    unsafe fn unlock(&self, _: ()) {
+        self.0.store(false, core::sync::atomic::Ordering::Release);
+    }
+}
+
+/// `KSPIN_LOCK` with `KeAcquireSpinLockRaiseToDpc` / `KeReleaseSpinLock`.
+#[cfg(target_os = "windows")]
+pub struct KernelSpinLock(UnsafeCell<usize>);
+
+#[cfg(target_os = "windows")]
+mod kernel_lock {
+    use super::*;
+
+    #[cfg_attr(
+        feature = "raw-dylib",
+        link(name = "ntoskrnl.exe", kind = "raw-dylib", modifiers = "+verbatim")
+    )]
+    #[cfg_attr(not(feature = "raw-dylib"), link(name = "ntoskrnl"))]
+    unsafe extern "system" {
+        fn KeAcquireSpinLockRaiseToDpc(SpinLock: *mut usize) -> u8;
+        fn KeReleaseSpinLock(SpinLock: *mut usize, NewIrql: u8);
+    }
+
+    // SAFETY: the kernel spin lock gives mutual exclusion with acquire/release
+    // semantics at DISPATCH_LEVEL; the cell is only touched by those calls.
+    unsafe impl Send for KernelSpinLock {}
+    // SAFETY: as above.
+    unsafe impl Sync for KernelSpinLock {}
+
+    // SAFETY: see the kernel documentation of `KeAcquireSpinLockRaiseToDpc`.
+    unsafe impl RawSpinLock for KernelSpinLock {
+        type Saved = u8;
+        fn new() -> Self {
+            // A KSPIN_LOCK is initialised by zeroing (`KeInitializeSpinLock`).
+            KernelSpinLock(UnsafeCell::new(0))
+        }
+        fn lock(&self) -> u8 {
+            // SAFETY: the cell is a valid, initialised KSPIN_LOCK that does not
+            // move while held (it lives inside a pinned module); caller <= DISPATCH.
+            unsafe { KeAcquireSpinLockRaiseToDpc(self.0.get()) }
+        }
+        unsafe fn unlock(&self, saved: u8) {
+            // SAFETY: the caller holds the lock and `saved` is the IRQL it returned.
+            unsafe { KeReleaseSpinLock(self.0.get(), saved) }
+        }
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    extern crate std;
+
+    #[test]
+    fn lock_excludes_and_publishes() {
+        let lock = std::sync::Arc::new(SpinLock::<FlagLock, u64>::new(0));
+        let threads: std::vec::Vec<_> = (0..4)
+            .map(|_| {
+                let lock = lock.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..10_000 {
+                        *lock.lock() += 1;
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(*lock.lock(), 40_000);
+    }
+}

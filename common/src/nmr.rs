@@ -104,6 +104,15 @@ pub trait Nmr: Clone + Send + Sync + 'static {
 
     /// Waits `micros` microseconds [PASSIVE only]: the provider's latency knob.
     fn delay(&self, micros: u32);
+
+    /// A dispatch function reports that the peer called it through the binding
+    /// whose handle (on the callee's side) is `callee_binding`. The real NMR
+    /// never sees NPI calls, so on Windows this does nothing and compiles away;
+    /// the model checks that the caller's detach had not begun (R9).
+    #[inline(always)]
+    fn incoming_call(&self, callee_binding: HANDLE) {
+        let _ = callee_binding;
+    }
 }
 
 /// The real NMR: `netio.sys`, and `ntoskrnl.exe` for the lock and the delay.

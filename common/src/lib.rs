@@ -8,6 +8,7 @@
 //! - [`npi`]: this project's NPI: id, versions, dispatch tables, checksum.
 //! - [`rundown`]: the in-flight call counter.
 //! - [`binding`]: one side of one binding, and a module's set of bindings.
+//! - [`module`]: registration, deregistration and the wait, once each.
 //! - [`sync`]: a DISPATCH-safe spin lock over the platform's raw lock.
 //! - [`trace`]: one trace line per NMR event.
 
@@ -17,6 +18,7 @@ extern crate alloc;
 
 pub mod binding;
 pub mod ffi;
+pub mod module;
 pub mod nmr;
 pub mod npi;
 pub mod rundown;

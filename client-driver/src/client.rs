@@ -1,0 +1,390 @@
+//! The NPI client module, generic over the NMR it runs on.
+//!
+//! It attaches to every provider of [`NPI_ID`] whose versions and dispatch
+//! table fit, and its worker ([`ClientModule::call_round`]) calls `checksum`
+//! through every active binding and verifies each answer. Providers call back
+//! with `notify`.
+
+use core::cell::UnsafeCell;
+use core::ffi::c_void;
+use core::ptr::{self, NonNull};
+use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use nmr_common::binding::{Binding, BindingSet, Role};
+use nmr_common::ffi::*;
+use nmr_common::module::{ModuleBox, Registration, Unload};
+use nmr_common::nmr::Nmr;
+use nmr_common::npi::{self, *};
+use nmr_common::trace::{Event, Record};
+
+/// The module name: in traces, the driver image, the service.
+pub const NAME: &str = "nmr_client";
+
+/// The module id the real driver registers with.
+pub const MODULE_ID: GUID = GUID::from_u128(0x3b0f_9c52_1e7a_4d8e_b6c4_2a91_5fd3_0c71);
+
+static NPI: NPIID = NPI_ID;
+
+/// How a client module is set up.
+#[derive(Clone, Copy, Debug)]
+pub struct ClientConfig {
+    /// Name in trace lines.
+    pub name: &'static str,
+    /// Module id (distinct per module instance).
+    pub module_id: GUID,
+    /// NPI versions this client speaks.
+    pub versions: VersionRange,
+    /// Test knob: microseconds each `notify` takes (0 in the drivers). Makes
+    /// a notification stay in flight; only for PASSIVE callers.
+    pub notify_delay_us: u32,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig { name: NAME, module_id: MODULE_ID, versions: VersionRange::CURRENT, notify_delay_us: 0 }
+    }
+}
+
+/// Counters of one client module (monotonic).
+#[derive(Debug, Default)]
+pub struct ClientStats {
+    /// Providers offered by the NMR.
+    pub offered: AtomicU64,
+    /// Bindings made.
+    pub attached: AtomicU64,
+    /// Providers declined (versions, dispatch, module id) or failed attaches.
+    pub declined: AtomicU64,
+    /// Bindings cleaned up (freed).
+    pub cleaned_up: AtomicU64,
+    /// `checksum` calls made.
+    pub calls: AtomicU64,
+    /// Calls whose answer matched our own checksum.
+    pub verified: AtomicU64,
+    /// Calls that failed or answered wrong.
+    pub mismatched: AtomicU64,
+    /// Bindings skipped because they were detaching.
+    pub refused: AtomicU64,
+    /// `notify` calls received.
+    pub notifications: AtomicU64,
+}
+
+/// A snapshot of [`ClientStats`].
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ClientCounts {
+    /// See [`ClientStats::offered`].
+    pub offered: u64,
+    /// See [`ClientStats::attached`].
+    pub attached: u64,
+    /// See [`ClientStats::declined`].
+    pub declined: u64,
+    /// See [`ClientStats::cleaned_up`].
+    pub cleaned_up: u64,
+    /// See [`ClientStats::calls`].
+    pub calls: u64,
+    /// See [`ClientStats::verified`].
+    pub verified: u64,
+    /// See [`ClientStats::mismatched`].
+    pub mismatched: u64,
+    /// See [`ClientStats::refused`].
+    pub refused: u64,
+    /// See [`ClientStats::notifications`].
+    pub notifications: u64,
+}
+
+/// The client's side of one binding: the provider is the peer.
+pub type ProviderBinding<N> = Binding<N, ProviderDispatch, BindingData<N>>;
+
+/// What the client keeps per binding.
+pub struct BindingData<N: Nmr> {
+    module: *const ClientModule<N>,
+    /// The NPI version agreed with this provider.
+    pub version: u16,
+    /// `notify` calls received on this binding.
+    pub notifications: AtomicU64,
+}
+
+// SAFETY: `module` points to the module, which is `Sync` and outlives every
+// binding (it is freed only after the deregistration wait).
+unsafe impl<N: Nmr> Sync for BindingData<N> {}
+// SAFETY: as above.
+unsafe impl<N: Nmr> Send for BindingData<N> {}
+
+/// The client module. Lives at a fixed address inside a [`Client`].
+pub struct ClientModule<N: Nmr> {
+    nmr: N,
+    config: ClientConfig,
+    module_id: NPI_MODULEID,
+    npi_characteristics: NpiCharacteristics,
+    dispatch: ClientDispatch,
+    // Filled in `load` once the module has its final address; read by the NMR.
+    characteristics: UnsafeCell<NPI_CLIENT_CHARACTERISTICS>,
+    registration: Registration,
+    bindings: BindingSet<N, ProviderDispatch, BindingData<N>>,
+    stats: ClientStats,
+}
+
+// SAFETY: `characteristics` is written once in `load` before the module is
+// shared, then only read; everything else is `Sync`.
+unsafe impl<N: Nmr> Sync for ClientModule<N> {}
+// SAFETY: nothing in the module is tied to a thread.
+unsafe impl<N: Nmr> Send for ClientModule<N> {}
+
+/// A loaded client: registered with the NMR until dropped or unloaded.
+pub type Client<N> = ModuleBox<ClientModule<N>>;
+
+impl<N: Nmr> ClientModule<N> {
+    /// Builds the module, fully initialised, then registers it: providers
+    /// already registered are attached before this returns (R2).
+    pub fn load(nmr: N, config: ClientConfig) -> Result<Client<N>, NTSTATUS> {
+        let module = ClientModule {
+            nmr,
+            config,
+            module_id: NPI_MODULEID::from_guid(config.module_id),
+            npi_characteristics: NpiCharacteristics::new(config.versions),
+            dispatch: ClientDispatch {
+                header: DispatchHeader { version: NPI_VERSION, size: size_of::<ClientDispatch>() as u16 },
+                notify: notify::<N>,
+            },
+            characteristics: UnsafeCell::new(NPI_CLIENT_CHARACTERISTICS {
+                Version: 0,
+                Length: size_of::<NPI_CLIENT_CHARACTERISTICS>() as u16,
+                ClientAttachProvider: Some(attach_provider::<N>),
+                ClientDetachProvider: Some(detach_provider::<N>),
+                ClientCleanupBindingContext: Some(cleanup_binding::<N>),
+                ClientRegistrationInstance: NPI_REGISTRATION_INSTANCE {
+                    Version: 0,
+                    Size: size_of::<NPI_REGISTRATION_INSTANCE>() as u16,
+                    NpiId: &raw const NPI,
+                    ModuleId: ptr::null(),
+                    Number: u32::from(NPI_VERSION),
+                    NpiSpecificCharacteristics: ptr::null(),
+                },
+            }),
+            registration: Registration::new(),
+            bindings: BindingSet::new(),
+            stats: ClientStats::default(),
+        };
+        let client = ModuleBox::new(module).map_err(|_| STATUS_INSUFFICIENT_RESOURCES)?;
+        let this = client.as_ptr();
+        // SAFETY: the module is at its final address and not shared yet; the
+        // pointers written point into it and stay valid until it is freed,
+        // which happens only after the deregistration wait.
+        unsafe {
+            let instance = &mut (*(*this).characteristics.get()).ClientRegistrationInstance;
+            instance.ModuleId = &raw const (*this).module_id;
+            instance.NpiSpecificCharacteristics = (&raw const (*this).npi_characteristics).cast();
+        }
+        let status = client.registration.register(&client.nmr, config.name, |handle| {
+            // SAFETY: characteristics and context live in the module, which
+            // outlives the registration (freed only after the wait returns).
+            unsafe { client.nmr.register_client(client.characteristics.get(), this.cast(), handle) }
+        });
+        if nt_success(status) { Ok(client) } else { Err(status) }
+    }
+
+    /// The module's name.
+    pub fn name(&self) -> &'static str {
+        self.config.name
+    }
+
+    /// One round of the worker: `checksum(payload)` through every active
+    /// binding, each answer checked against our own computation. Returns how
+    /// many calls were verified.
+    pub fn call_round(&self, payload: &[u8]) -> u64 {
+        let expected = internet_checksum(payload);
+        let mut verified = 0;
+        let refused = self.bindings.for_each_call(|provider| {
+            let mut answer = 0u16;
+            // SAFETY: the dispatch table passed `check_dispatch` and stays
+            // valid while the call is counted; `payload` and `answer` are live
+            // for the call; the context is the provider's own.
+            let status = unsafe {
+                (provider.dispatch().checksum)(provider.context(), payload.as_ptr(), payload.len(), &mut answer)
+            };
+            self.stats.calls.fetch_add(1, Relaxed);
+            if status == STATUS_SUCCESS && answer == expected {
+                verified += 1;
+            } else {
+                self.stats.mismatched.fetch_add(1, Relaxed);
+                self.trace(Event::PeerFault, Some(provider.binding().id()), status, Some(format_args!(
+                    "checksum answered {answer:#06x}, expected {expected:#06x}"
+                )));
+            }
+        });
+        self.stats.verified.fetch_add(verified, Relaxed);
+        self.stats.refused.fetch_add(refused as u64, Relaxed);
+        verified
+    }
+
+    /// Bindings currently linked (attached and not yet cleaned up).
+    pub fn binding_count(&self) -> usize {
+        self.bindings.len()
+    }
+
+    /// A snapshot of the counters.
+    pub fn counts(&self) -> ClientCounts {
+        let s = &self.stats;
+        ClientCounts {
+            offered: s.offered.load(Relaxed),
+            attached: s.attached.load(Relaxed),
+            declined: s.declined.load(Relaxed),
+            cleaned_up: s.cleaned_up.load(Relaxed),
+            calls: s.calls.load(Relaxed),
+            verified: s.verified.load(Relaxed),
+            mismatched: s.mismatched.load(Relaxed),
+            refused: s.refused.load(Relaxed),
+            notifications: s.notifications.load(Relaxed),
+        }
+    }
+
+    fn trace(&self, event: Event, binding: Option<usize>, status: NTSTATUS, detail: Option<core::fmt::Arguments<'_>>) {
+        self.nmr.trace(&Record { module: self.config.name, binding, event, status, detail });
+    }
+
+    fn decline(&self, binding: HANDLE, status: NTSTATUS, why: &dyn core::fmt::Display) -> NTSTATUS {
+        self.stats.declined.fetch_add(1, Relaxed);
+        self.trace(Event::AttachDeclined, Some(binding.addr()), status, Some(format_args!("{why}")));
+        status
+    }
+}
+
+impl<N: Nmr> Unload for ClientModule<N> {
+    fn unload(&self) -> NTSTATUS {
+        let status = self.registration.unload(&self.nmr, Role::Client, self.config.name);
+        if self.registration.is_registered() {
+            return status;
+        }
+        self.trace(Event::Unload, None, status, None);
+        status
+    }
+}
+
+/// `ClientAttachProvider` [PASSIVE].
+///
+/// # Safety
+///
+/// Called by the NMR: `context` is the registered module, `provider` the
+/// provider's live registration instance.
+unsafe extern "system" fn attach_provider<N: Nmr>(
+    handle: HANDLE,
+    context: *mut c_void,
+    provider: *const NPI_REGISTRATION_INSTANCE,
+) -> NTSTATUS {
+    // SAFETY: the NMR passes back the context we registered: the module, which
+    // outlives its registration.
+    let module = unsafe { &*context.cast::<ClientModule<N>>() };
+    module.stats.offered.fetch_add(1, Relaxed);
+    // Traces name this binding by its NMR handle until the context exists.
+    module.trace(Event::AttachOffered, Some(handle.addr()), STATUS_SUCCESS, None);
+
+    // SAFETY: the NMR hands us the provider's registration instance, valid
+    // for the duration of this callback.
+    let provider = unsafe { &*provider };
+    // SAFETY: a non-null module id points to the provider's `NPI_MODULEID`.
+    if provider.ModuleId.is_null() || unsafe { (*provider.ModuleId).guid() }.is_none() {
+        return module.decline(handle, STATUS_NOINTERFACE, &PeerMismatch::ModuleId);
+    }
+    // SAFETY: the characteristics are the provider's publication; the check
+    // reads its declared size first and never more than that.
+    let version = match unsafe { npi::negotiate_peer(provider.NpiSpecificCharacteristics, module.config.versions) } {
+        Ok(v) => v,
+        Err(why) => return module.decline(handle, STATUS_NOINTERFACE, &why),
+    };
+
+    let data = BindingData { module, version, notifications: AtomicU64::new(0) };
+    let Ok(binding) = ProviderBinding::new(module.nmr.clone(), Role::Client, module.config.name, handle, data) else {
+        return module.decline(handle, STATUS_INSUFFICIENT_RESOURCES, &"no memory for the binding");
+    };
+    let binding = Box::into_raw(binding);
+    // SAFETY: `binding` is live and not shared with anyone yet.
+    let (peer_context, peer_dispatch) = unsafe { ProviderBinding::peer_slots(binding) };
+    // SAFETY: inside ClientAttachProvider for `handle`; our context and
+    // dispatch table live until cleanup (the table lives in the module); the
+    // out pointers point into the binding.
+    let status = unsafe {
+        module.nmr.client_attach_provider(
+            handle,
+            binding.cast(),
+            (&raw const module.dispatch).cast(),
+            peer_context,
+            peer_dispatch,
+        )
+    };
+    if !nt_success(status) {
+        // R3: a failed attach has no detach and no cleanup: we free it.
+        // SAFETY: the binding came from `Box::into_raw` and nobody else has it.
+        drop(unsafe { Box::from_raw(binding) });
+        return module.decline(handle, status, &"the provider declined");
+    }
+    // SAFETY: attached, but no detach can come before this callback returns,
+    // and our worker cannot see the binding before it is linked below.
+    let binding_ref = unsafe { &mut *binding };
+    let id = binding_ref.id();
+    // SAFETY: the provider wrote its table's address; the check reads the
+    // header first and never past the size it declares. The table stays valid
+    // until cleanup.
+    let fits = binding_ref.adopt_peer_dispatch(|table| unsafe { check_dispatch::<ProviderDispatch>(table, version) }.ok());
+    if !fits {
+        // Too late to decline: the binding exists. It stays uncallable and is
+        // detached and cleaned up like any other.
+        module.trace(Event::PeerFault, Some(id), STATUS_NOINTERFACE, Some(format_args!("provider dispatch table does not fit; binding unused")));
+    }
+    // SAFETY: `binding` stays valid until cleanup, which unlinks it first.
+    if unsafe { module.bindings.insert(NonNull::new_unchecked(binding)) }.is_err() {
+        module.trace(Event::PeerFault, Some(id), STATUS_INSUFFICIENT_RESOURCES, Some(format_args!("binding unused: no memory to list it")));
+    }
+    module.stats.attached.fetch_add(1, Relaxed);
+    module.trace(Event::AttachAccepted, Some(id), status, Some(format_args!("version={version}")));
+    status
+}
+
+/// `ClientDetachProvider` [<= DISPATCH]: never blocks.
+///
+/// # Safety
+///
+/// Called by the NMR with a binding context that `attach_provider` made.
+unsafe extern "system" fn detach_provider<N: Nmr>(context: *mut c_void) -> NTSTATUS {
+    let Some(binding) = NonNull::new(context.cast::<ProviderBinding<N>>()) else {
+        return STATUS_INVALID_PARAMETER;
+    };
+    // SAFETY: a live binding of ours; `detach` touches nothing after the drain.
+    unsafe { ProviderBinding::detach(binding) }
+}
+
+/// `ClientCleanupBindingContext` [<= DISPATCH]: unlinks and frees.
+///
+/// # Safety
+///
+/// Called by the NMR once, after both sides completed detaching.
+unsafe extern "system" fn cleanup_binding<N: Nmr>(context: *mut c_void) {
+    let Some(binding) = NonNull::new(context.cast::<ProviderBinding<N>>()) else { return };
+    // SAFETY: live until `destroy` below; the module outlives its bindings.
+    let module = unsafe { &*binding.as_ref().data.module };
+    module.bindings.remove(binding);
+    module.stats.cleaned_up.fetch_add(1, Relaxed);
+    // SAFETY: both sides completed, and it is unlinked: nothing refers to it.
+    unsafe { ProviderBinding::destroy(binding) };
+}
+
+/// `notify`, the client's dispatch function [<= DISPATCH]: counts the event.
+///
+/// # Safety
+///
+/// Called by a provider with the client binding context it was given.
+unsafe extern "system" fn notify<N: Nmr>(context: *mut c_void, event: u32, value: u64) {
+    let Some(binding) = NonNull::new(context.cast::<ProviderBinding<N>>()) else { return };
+    // SAFETY: the provider may call until both sides completed detaching, and
+    // the binding is freed only at cleanup, after that.
+    let binding = unsafe { binding.as_ref() };
+    // SAFETY: the module outlives its bindings.
+    let module = unsafe { &*binding.data.module };
+    module.nmr.incoming_call(binding.handle());
+    binding.data.notifications.fetch_add(1, Relaxed);
+    module.stats.notifications.fetch_add(1, Relaxed);
+    let _ = (event, value);
+    if module.config.notify_delay_us != 0 {
+        module.nmr.delay(module.config.notify_delay_us);
+    }
+}
+
+use alloc::boxed::Box;

@@ -1,0 +1,404 @@
+//! The NPI provider module, generic over the NMR it runs on.
+//!
+//! It serves `get_info` and `checksum` to every client of [`NPI_ID`] whose
+//! versions and dispatch table fit, and its notifier
+//! ([`ProviderModule::notify_round`]) pushes its call count to every attached
+//! client through `notify`.
+
+use alloc::boxed::Box;
+use core::cell::UnsafeCell;
+use core::ffi::c_void;
+use core::ptr::{self, NonNull};
+use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use nmr_common::binding::{Binding, BindingSet, Role};
+use nmr_common::ffi::*;
+use nmr_common::module::{ModuleBox, Registration, Unload};
+use nmr_common::nmr::Nmr;
+use nmr_common::npi::{self, *};
+use nmr_common::trace::{Event, Record};
+
+/// The module name: in traces, the driver image, the service.
+pub const NAME: &str = "nmr_provider";
+
+/// The module id the real driver registers with.
+pub const MODULE_ID: GUID = GUID::from_u128(0x9d47_e2a0_5c3b_4f6e_8a12_c7d0_94b3_e158);
+
+static NPI: NPIID = NPI_ID;
+
+/// How a provider module is set up.
+#[derive(Clone, Copy, Debug)]
+pub struct ProviderConfig {
+    /// Name in trace lines.
+    pub name: &'static str,
+    /// Module id (distinct per module instance).
+    pub module_id: GUID,
+    /// NPI versions this provider speaks.
+    pub versions: VersionRange,
+    /// The latency knob: microseconds each `checksum` call takes, so that a
+    /// detach meets calls in flight. Non-zero makes `checksum` PASSIVE-only.
+    pub latency_us: u32,
+}
+
+impl Default for ProviderConfig {
+    fn default() -> Self {
+        ProviderConfig { name: NAME, module_id: MODULE_ID, versions: VersionRange::CURRENT, latency_us: 0 }
+    }
+}
+
+/// Counters of one provider module (monotonic).
+#[derive(Debug, Default)]
+pub struct ProviderStats {
+    /// Clients offered by the NMR.
+    pub offered: AtomicU64,
+    /// Bindings made.
+    pub attached: AtomicU64,
+    /// Clients declined.
+    pub declined: AtomicU64,
+    /// Bindings cleaned up (freed).
+    pub cleaned_up: AtomicU64,
+    /// `checksum` and `get_info` calls served.
+    pub served: AtomicU64,
+    /// `notify` calls made.
+    pub notifications: AtomicU64,
+    /// Bindings skipped by the notifier because they were detaching.
+    pub refused: AtomicU64,
+}
+
+/// A snapshot of [`ProviderStats`].
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ProviderCounts {
+    /// See [`ProviderStats::offered`].
+    pub offered: u64,
+    /// See [`ProviderStats::attached`].
+    pub attached: u64,
+    /// See [`ProviderStats::declined`].
+    pub declined: u64,
+    /// See [`ProviderStats::cleaned_up`].
+    pub cleaned_up: u64,
+    /// See [`ProviderStats::served`].
+    pub served: u64,
+    /// See [`ProviderStats::notifications`].
+    pub notifications: u64,
+    /// See [`ProviderStats::refused`].
+    pub refused: u64,
+}
+
+/// The provider's side of one binding: the client is the peer.
+pub type ClientBinding<N> = Binding<N, ClientDispatch, BindingData<N>>;
+
+/// What the provider keeps per binding.
+pub struct BindingData<N: Nmr> {
+    module: *const ProviderModule<N>,
+    /// The NPI version agreed with this client.
+    pub version: u16,
+}
+
+// SAFETY: `module` points to the module, which is `Sync` and outlives every
+// binding (it is freed only after the deregistration wait).
+unsafe impl<N: Nmr> Sync for BindingData<N> {}
+// SAFETY: as above.
+unsafe impl<N: Nmr> Send for BindingData<N> {}
+
+/// The provider module. Lives at a fixed address inside a [`Provider`].
+pub struct ProviderModule<N: Nmr> {
+    nmr: N,
+    config: ProviderConfig,
+    module_id: NPI_MODULEID,
+    npi_characteristics: NpiCharacteristics,
+    dispatch: ProviderDispatch,
+    // Filled in `load` once the module has its final address; read by the NMR.
+    characteristics: UnsafeCell<NPI_PROVIDER_CHARACTERISTICS>,
+    registration: Registration,
+    bindings: BindingSet<N, ClientDispatch, BindingData<N>>,
+    stats: ProviderStats,
+}
+
+// SAFETY: `characteristics` is written once in `load` before the module is
+// shared, then only read; everything else is `Sync`.
+unsafe impl<N: Nmr> Sync for ProviderModule<N> {}
+// SAFETY: nothing in the module is tied to a thread.
+unsafe impl<N: Nmr> Send for ProviderModule<N> {}
+
+/// A loaded provider: registered with the NMR until dropped or unloaded.
+pub type Provider<N> = ModuleBox<ProviderModule<N>>;
+
+impl<N: Nmr> ProviderModule<N> {
+    /// Builds the module, fully initialised, then registers it: clients
+    /// already registered are attached before this returns (R2).
+    pub fn load(nmr: N, config: ProviderConfig) -> Result<Provider<N>, NTSTATUS> {
+        let module = ProviderModule {
+            nmr,
+            config,
+            module_id: NPI_MODULEID::from_guid(config.module_id),
+            npi_characteristics: NpiCharacteristics::new(config.versions),
+            dispatch: ProviderDispatch {
+                header: DispatchHeader { version: NPI_VERSION, size: size_of::<ProviderDispatch>() as u16 },
+                get_info: get_info::<N>,
+                checksum: checksum::<N>,
+            },
+            characteristics: UnsafeCell::new(NPI_PROVIDER_CHARACTERISTICS {
+                Version: 0,
+                Length: size_of::<NPI_PROVIDER_CHARACTERISTICS>() as u16,
+                ProviderAttachClient: Some(attach_client::<N>),
+                ProviderDetachClient: Some(detach_client::<N>),
+                ProviderCleanupBindingContext: Some(cleanup_binding::<N>),
+                ProviderRegistrationInstance: NPI_REGISTRATION_INSTANCE {
+                    Version: 0,
+                    Size: size_of::<NPI_REGISTRATION_INSTANCE>() as u16,
+                    NpiId: &raw const NPI,
+                    ModuleId: ptr::null(),
+                    Number: u32::from(NPI_VERSION),
+                    NpiSpecificCharacteristics: ptr::null(),
+                },
+            }),
+            registration: Registration::new(),
+            bindings: BindingSet::new(),
+            stats: ProviderStats::default(),
+        };
+        let provider = ModuleBox::new(module).map_err(|_| STATUS_INSUFFICIENT_RESOURCES)?;
+        let this = provider.as_ptr();
+        // SAFETY: the module is at its final address and not shared yet; the
+        // pointers written point into it and stay valid until it is freed,
+        // which happens only after the deregistration wait.
+        unsafe {
+            let instance = &mut (*(*this).characteristics.get()).ProviderRegistrationInstance;
+            instance.ModuleId = &raw const (*this).module_id;
+            instance.NpiSpecificCharacteristics = (&raw const (*this).npi_characteristics).cast();
+        }
+        let status = provider.registration.register(&provider.nmr, config.name, |handle| {
+            // SAFETY: characteristics and context live in the module, which
+            // outlives the registration (freed only after the wait returns).
+            unsafe { provider.nmr.register_provider(provider.characteristics.get(), this.cast(), handle) }
+        });
+        if nt_success(status) { Ok(provider) } else { Err(status) }
+    }
+
+    /// The module's name.
+    pub fn name(&self) -> &'static str {
+        self.config.name
+    }
+
+    /// One round of the notifier: `notify(EVENT_CALL_COUNT, served)` to every
+    /// active client. Returns how many clients were notified.
+    pub fn notify_round(&self) -> u64 {
+        let served = self.stats.served.load(Relaxed);
+        let mut notified = 0;
+        let refused = self.bindings.for_each_call(|client| {
+            // SAFETY: the dispatch table passed `check_dispatch` and stays
+            // valid while the call is counted; the context is the client's own.
+            unsafe { (client.dispatch().notify)(client.context(), EVENT_CALL_COUNT, served) };
+            notified += 1;
+        });
+        self.stats.notifications.fetch_add(notified, Relaxed);
+        self.stats.refused.fetch_add(refused as u64, Relaxed);
+        notified
+    }
+
+    /// Bindings currently linked (attached and not yet cleaned up).
+    pub fn binding_count(&self) -> usize {
+        self.bindings.len()
+    }
+
+    /// A snapshot of the counters.
+    pub fn counts(&self) -> ProviderCounts {
+        let s = &self.stats;
+        ProviderCounts {
+            offered: s.offered.load(Relaxed),
+            attached: s.attached.load(Relaxed),
+            declined: s.declined.load(Relaxed),
+            cleaned_up: s.cleaned_up.load(Relaxed),
+            served: s.served.load(Relaxed),
+            notifications: s.notifications.load(Relaxed),
+            refused: s.refused.load(Relaxed),
+        }
+    }
+
+    fn trace(&self, event: Event, binding: Option<usize>, status: NTSTATUS, detail: Option<core::fmt::Arguments<'_>>) {
+        self.nmr.trace(&Record { module: self.config.name, binding, event, status, detail });
+    }
+
+    fn decline(&self, binding: HANDLE, status: NTSTATUS, why: &dyn core::fmt::Display) -> NTSTATUS {
+        self.stats.declined.fetch_add(1, Relaxed);
+        self.trace(Event::AttachDeclined, Some(binding.addr()), status, Some(format_args!("{why}")));
+        status
+    }
+}
+
+impl<N: Nmr> Unload for ProviderModule<N> {
+    fn unload(&self) -> NTSTATUS {
+        let status = self.registration.unload(&self.nmr, Role::Provider, self.config.name);
+        if self.registration.is_registered() {
+            return status;
+        }
+        self.trace(Event::Unload, None, status, None);
+        status
+    }
+}
+
+/// `ProviderAttachClient` [PASSIVE].
+///
+/// # Safety
+///
+/// Called by the NMR inside `NmrClientAttachProvider`: `context` is the
+/// registered module, `client` the client's live registration instance, the
+/// client's context and dispatch valid until cleanup, the out pointers writable.
+unsafe extern "system" fn attach_client<N: Nmr>(
+    handle: HANDLE,
+    context: *mut c_void,
+    client: *const NPI_REGISTRATION_INSTANCE,
+    client_context: *mut c_void,
+    client_dispatch: *const c_void,
+    provider_context: *mut *mut c_void,
+    provider_dispatch: *mut *const c_void,
+) -> NTSTATUS {
+    // SAFETY: the NMR passes back the context we registered: the module, which
+    // outlives its registration.
+    let module = unsafe { &*context.cast::<ProviderModule<N>>() };
+    module.stats.offered.fetch_add(1, Relaxed);
+    module.trace(Event::AttachOffered, Some(handle.addr()), STATUS_SUCCESS, None);
+
+    // SAFETY: the client's registration instance, valid during this callback.
+    let client = unsafe { &*client };
+    // SAFETY: a non-null module id points to the client's `NPI_MODULEID`.
+    if client.ModuleId.is_null() || unsafe { (*client.ModuleId).guid() }.is_none() {
+        return module.decline(handle, STATUS_NOINTERFACE, &PeerMismatch::ModuleId);
+    }
+    // SAFETY: the client's publication; read no further than its declared size.
+    let version = match unsafe { npi::negotiate_peer(client.NpiSpecificCharacteristics, module.config.versions) } {
+        Ok(v) => v,
+        Err(why) => return module.decline(handle, STATUS_NOINTERFACE, &why),
+    };
+    // SAFETY: the client's dispatch table (or null), valid until cleanup; the
+    // check reads its header first and never past its declared size.
+    let table = match unsafe { check_dispatch::<ClientDispatch>(client_dispatch, version) } {
+        Ok(table) => table,
+        Err(why) => return module.decline(handle, STATUS_NOINTERFACE, &why),
+    };
+
+    let data = BindingData { module, version };
+    let Ok(mut binding) = ClientBinding::new(module.nmr.clone(), Role::Provider, module.config.name, handle, data)
+    else {
+        return module.decline(handle, STATUS_INSUFFICIENT_RESOURCES, &"no memory for the binding");
+    };
+    binding.set_peer(client_context, table);
+    let binding = NonNull::from(Box::leak(binding));
+    // SAFETY: the binding stays valid until cleanup, which unlinks it first.
+    if unsafe { module.bindings.insert(binding) }.is_err() {
+        // SAFETY: not linked, not handed out: ours to free.
+        drop(unsafe { Box::from_raw(binding.as_ptr()) });
+        return module.decline(handle, STATUS_INSUFFICIENT_RESOURCES, &"no memory to list the binding");
+    }
+    // SAFETY: the NMR gave us writable out pointers; our dispatch table lives
+    // in the module, which outlives the binding.
+    unsafe {
+        provider_context.write(binding.as_ptr().cast());
+        provider_dispatch.write((&raw const module.dispatch).cast());
+    }
+    module.stats.attached.fetch_add(1, Relaxed);
+    // SAFETY: linked and live; the id is only its address.
+    let id = unsafe { binding.as_ref() }.id();
+    module.trace(Event::AttachAccepted, Some(id), STATUS_SUCCESS, Some(format_args!("version={version}")));
+    STATUS_SUCCESS
+}
+
+/// `ProviderDetachClient` [<= DISPATCH]: never blocks.
+///
+/// # Safety
+///
+/// Called by the NMR with a binding context that `attach_client` made.
+unsafe extern "system" fn detach_client<N: Nmr>(context: *mut c_void) -> NTSTATUS {
+    let Some(binding) = NonNull::new(context.cast::<ClientBinding<N>>()) else {
+        return STATUS_INVALID_PARAMETER;
+    };
+    // SAFETY: a live binding of ours; `detach` touches nothing after the drain.
+    unsafe { ClientBinding::detach(binding) }
+}
+
+/// `ProviderCleanupBindingContext` [<= DISPATCH]: unlinks and frees.
+///
+/// # Safety
+///
+/// Called by the NMR once, after both sides completed detaching.
+unsafe extern "system" fn cleanup_binding<N: Nmr>(context: *mut c_void) {
+    let Some(binding) = NonNull::new(context.cast::<ClientBinding<N>>()) else { return };
+    // SAFETY: live until `destroy` below; the module outlives its bindings.
+    let module = unsafe { &*binding.as_ref().data.module };
+    module.bindings.remove(binding);
+    module.stats.cleaned_up.fetch_add(1, Relaxed);
+    // SAFETY: both sides completed, and it is unlinked: nothing refers to it.
+    unsafe { ClientBinding::destroy(binding) };
+}
+
+/// Resolves a provider binding context handed back by a client.
+///
+/// # Safety
+///
+/// `context` is null or a provider binding context we gave that client; the
+/// client may call until both sides completed detaching, and the binding is
+/// freed only at cleanup, after that.
+unsafe fn called_binding<'a, N: Nmr>(context: *mut c_void) -> Option<(&'a ProviderModule<N>, &'a ClientBinding<N>)> {
+    let binding = NonNull::new(context.cast::<ClientBinding<N>>())?;
+    // SAFETY: see the function's contract.
+    let binding = unsafe { binding.as_ref() };
+    // SAFETY: the module outlives its bindings.
+    let module = unsafe { &*binding.data.module };
+    module.nmr.incoming_call(binding.handle());
+    Some((module, binding))
+}
+
+/// `get_info` [<= DISPATCH].
+///
+/// # Safety
+///
+/// Called by a client with the provider binding context it was given, and
+/// `info` null or writable for the `size` it declares.
+unsafe extern "system" fn get_info<N: Nmr>(context: *mut c_void, info: *mut ProviderInfo) -> NTSTATUS {
+    // SAFETY: the caller passes the context we gave it.
+    let Some((module, binding)) = (unsafe { called_binding::<N>(context) }) else {
+        return STATUS_INVALID_PARAMETER;
+    };
+    if info.is_null() {
+        return STATUS_INVALID_PARAMETER;
+    }
+    // SAFETY: non-null; every `ProviderInfo` starts with its `u16` size.
+    let size = unsafe { info.cast::<u16>().read_unaligned() };
+    if usize::from(size) < size_of::<ProviderInfo>() {
+        return STATUS_BUFFER_TOO_SMALL;
+    }
+    let answer = ProviderInfo { size: size_of::<ProviderInfo>() as u16, version: binding.data.version, features: FEATURE_CHECKSUM };
+    // SAFETY: the caller declared at least `size_of::<ProviderInfo>()` bytes.
+    unsafe { info.write_unaligned(answer) };
+    module.stats.served.fetch_add(1, Relaxed);
+    STATUS_SUCCESS
+}
+
+/// `checksum` [PASSIVE with the latency knob set, else <= DISPATCH].
+///
+/// # Safety
+///
+/// Called by a client with the provider binding context it was given,
+/// `data` readable for `len` bytes, `out` writable.
+unsafe extern "system" fn checksum<N: Nmr>(context: *mut c_void, data: *const u8, len: usize, out: *mut u16) -> NTSTATUS {
+    // SAFETY: the caller passes the context we gave it.
+    let Some((module, _binding)) = (unsafe { called_binding::<N>(context) }) else {
+        return STATUS_INVALID_PARAMETER;
+    };
+    if out.is_null() || (data.is_null() && len != 0) {
+        return STATUS_INVALID_PARAMETER;
+    }
+    let bytes: &[u8] = if len == 0 {
+        &[]
+    } else {
+        // SAFETY: non-null and readable for `len` bytes per the NPI contract.
+        unsafe { core::slice::from_raw_parts(data, len) }
+    };
+    if module.config.latency_us != 0 {
+        module.nmr.delay(module.config.latency_us);
+    }
+    let sum = internet_checksum(bytes);
+    // SAFETY: non-null and writable per the NPI contract.
+    unsafe { out.write_unaligned(sum) };
+    module.stats.served.fetch_add(1, Relaxed);
+    STATUS_SUCCESS
+}

@@ -1,0 +1,2 @@
+//! The Windows kernel shell shared by both drivers (placeholder, filled below).
+#![no_std]

@@ -41,7 +41,12 @@ pub struct ClientConfig {
 
 impl Default for ClientConfig {
     fn default() -> Self {
-        ClientConfig { name: NAME, module_id: MODULE_ID, versions: VersionRange::CURRENT, notify_delay_us: 0 }
+        ClientConfig {
+            name: NAME,
+            module_id: MODULE_ID,
+            versions: VersionRange::CURRENT,
+            notify_delay_us: 0,
+        }
     }
 }
 
@@ -142,7 +147,10 @@ impl<N: Nmr> ClientModule<N> {
             module_id: NPI_MODULEID::from_guid(config.module_id),
             npi_characteristics: NpiCharacteristics::new(config.versions),
             dispatch: ClientDispatch {
-                header: DispatchHeader { version: NPI_VERSION, size: size_of::<ClientDispatch>() as u16 },
+                header: DispatchHeader {
+                    version: NPI_VERSION,
+                    size: size_of::<ClientDispatch>() as u16,
+                },
                 notify: notify::<N>,
             },
             characteristics: UnsafeCell::new(NPI_CLIENT_CHARACTERISTICS {
@@ -174,12 +182,22 @@ impl<N: Nmr> ClientModule<N> {
             instance.ModuleId = &raw const (*this).module_id;
             instance.NpiSpecificCharacteristics = (&raw const (*this).npi_characteristics).cast();
         }
-        let status = client.registration.register(&client.nmr, config.name, |handle| {
-            // SAFETY: characteristics and context live in the module, which
-            // outlives the registration (freed only after the wait returns).
-            unsafe { client.nmr.register_client(client.characteristics.get(), this.cast(), handle) }
-        });
-        if nt_success(status) { Ok(client) } else { Err(status) }
+        let status = client
+            .registration
+            .register(&client.nmr, config.name, |handle| {
+                // SAFETY: characteristics and context live in the module, which
+                // outlives the registration (freed only after the wait returns).
+                unsafe {
+                    client
+                        .nmr
+                        .register_client(client.characteristics.get(), this.cast(), handle)
+                }
+            });
+        if nt_success(status) {
+            Ok(client)
+        } else {
+            Err(status)
+        }
     }
 
     /// The module's name.
@@ -199,16 +217,26 @@ impl<N: Nmr> ClientModule<N> {
             // valid while the call is counted; `payload` and `answer` are live
             // for the call; the context is the provider's own.
             let status = unsafe {
-                (provider.dispatch().checksum)(provider.context(), payload.as_ptr(), payload.len(), &mut answer)
+                (provider.dispatch().checksum)(
+                    provider.context(),
+                    payload.as_ptr(),
+                    payload.len(),
+                    &mut answer,
+                )
             };
             self.stats.calls.fetch_add(1, Relaxed);
             if status == STATUS_SUCCESS && answer == expected {
                 verified += 1;
             } else {
                 self.stats.mismatched.fetch_add(1, Relaxed);
-                self.trace(Event::PeerFault, Some(provider.binding().id()), status, Some(format_args!(
-                    "checksum answered {answer:#06x}, expected {expected:#06x}"
-                )));
+                self.trace(
+                    Event::PeerFault,
+                    Some(provider.binding().id()),
+                    status,
+                    Some(format_args!(
+                        "checksum answered {answer:#06x}, expected {expected:#06x}"
+                    )),
+                );
             }
         });
         self.stats.verified.fetch_add(verified, Relaxed);
@@ -237,20 +265,39 @@ impl<N: Nmr> ClientModule<N> {
         }
     }
 
-    fn trace(&self, event: Event, binding: Option<usize>, status: NTSTATUS, detail: Option<core::fmt::Arguments<'_>>) {
-        self.nmr.trace(&Record { module: self.config.name, binding, event, status, detail });
+    fn trace(
+        &self,
+        event: Event,
+        binding: Option<usize>,
+        status: NTSTATUS,
+        detail: Option<core::fmt::Arguments<'_>>,
+    ) {
+        self.nmr.trace(&Record {
+            module: self.config.name,
+            binding,
+            event,
+            status,
+            detail,
+        });
     }
 
     fn decline(&self, binding: HANDLE, status: NTSTATUS, why: &dyn core::fmt::Display) -> NTSTATUS {
         self.stats.declined.fetch_add(1, Relaxed);
-        self.trace(Event::AttachDeclined, Some(binding.addr()), status, Some(format_args!("{why}")));
+        self.trace(
+            Event::AttachDeclined,
+            Some(binding.addr()),
+            status,
+            Some(format_args!("{why}")),
+        );
         status
     }
 }
 
 impl<N: Nmr> Unload for ClientModule<N> {
     fn unload(&self) -> NTSTATUS {
-        let status = self.registration.unload(&self.nmr, Role::Client, self.config.name);
+        let status = self
+            .registration
+            .unload(&self.nmr, Role::Client, self.config.name);
         if self.registration.is_registered() {
             return status;
         }
@@ -275,7 +322,12 @@ unsafe extern "system" fn attach_provider<N: Nmr>(
     let module = unsafe { &*context.cast::<ClientModule<N>>() };
     module.stats.offered.fetch_add(1, Relaxed);
     // Traces name this binding by its NMR handle until the context exists.
-    module.trace(Event::AttachOffered, Some(handle.addr()), STATUS_SUCCESS, None);
+    module.trace(
+        Event::AttachOffered,
+        Some(handle.addr()),
+        STATUS_SUCCESS,
+        None,
+    );
 
     // SAFETY: the NMR hands us the provider's registration instance, valid
     // for the duration of this callback.
@@ -286,14 +338,30 @@ unsafe extern "system" fn attach_provider<N: Nmr>(
     }
     // SAFETY: the characteristics are the provider's publication; the check
     // reads its declared size first and never more than that.
-    let version = match unsafe { npi::negotiate_peer(provider.NpiSpecificCharacteristics, module.config.versions) } {
+    let version = match unsafe {
+        npi::negotiate_peer(provider.NpiSpecificCharacteristics, module.config.versions)
+    } {
         Ok(v) => v,
         Err(why) => return module.decline(handle, STATUS_NOINTERFACE, &why),
     };
 
-    let data = BindingData { module, version, notifications: AtomicU64::new(0) };
-    let Ok(binding) = ProviderBinding::new(module.nmr.clone(), Role::Client, module.config.name, handle, data) else {
-        return module.decline(handle, STATUS_INSUFFICIENT_RESOURCES, &"no memory for the binding");
+    let data = BindingData {
+        module,
+        version,
+        notifications: AtomicU64::new(0),
+    };
+    let Ok(binding) = ProviderBinding::new(
+        module.nmr.clone(),
+        Role::Client,
+        module.config.name,
+        handle,
+        data,
+    ) else {
+        return module.decline(
+            handle,
+            STATUS_INSUFFICIENT_RESOURCES,
+            &"no memory for the binding",
+        );
     };
     let binding = Box::into_raw(binding);
     // SAFETY: `binding` is live and not shared with anyone yet.
@@ -323,18 +391,37 @@ unsafe extern "system" fn attach_provider<N: Nmr>(
     // SAFETY: the provider wrote its table's address; the check reads the
     // header first and never past the size it declares. The table stays valid
     // until cleanup.
-    let fits = binding_ref.adopt_peer_dispatch(|table| unsafe { check_dispatch::<ProviderDispatch>(table, version) }.ok());
+    let fits = binding_ref.adopt_peer_dispatch(|table| {
+        unsafe { check_dispatch::<ProviderDispatch>(table, version) }.ok()
+    });
     if !fits {
         // Too late to decline: the binding exists. It stays uncallable and is
         // detached and cleaned up like any other.
-        module.trace(Event::PeerFault, Some(id), STATUS_NOINTERFACE, Some(format_args!("provider dispatch table does not fit; binding unused")));
+        module.trace(
+            Event::PeerFault,
+            Some(id),
+            STATUS_NOINTERFACE,
+            Some(format_args!(
+                "provider dispatch table does not fit; binding unused"
+            )),
+        );
     }
     // SAFETY: `binding` stays valid until cleanup, which unlinks it first.
     if unsafe { module.bindings.insert(NonNull::new_unchecked(binding)) }.is_err() {
-        module.trace(Event::PeerFault, Some(id), STATUS_INSUFFICIENT_RESOURCES, Some(format_args!("binding unused: no memory to list it")));
+        module.trace(
+            Event::PeerFault,
+            Some(id),
+            STATUS_INSUFFICIENT_RESOURCES,
+            Some(format_args!("binding unused: no memory to list it")),
+        );
     }
     module.stats.attached.fetch_add(1, Relaxed);
-    module.trace(Event::AttachAccepted, Some(id), status, Some(format_args!("version={version}")));
+    module.trace(
+        Event::AttachAccepted,
+        Some(id),
+        status,
+        Some(format_args!("version={version}")),
+    );
     status
 }
 
@@ -357,7 +444,9 @@ unsafe extern "system" fn detach_provider<N: Nmr>(context: *mut c_void) -> NTSTA
 ///
 /// Called by the NMR once, after both sides completed detaching.
 unsafe extern "system" fn cleanup_binding<N: Nmr>(context: *mut c_void) {
-    let Some(binding) = NonNull::new(context.cast::<ProviderBinding<N>>()) else { return };
+    let Some(binding) = NonNull::new(context.cast::<ProviderBinding<N>>()) else {
+        return;
+    };
     // SAFETY: live until `destroy` below; the module outlives its bindings.
     let module = unsafe { &*binding.as_ref().data.module };
     module.bindings.remove(binding);
@@ -372,7 +461,9 @@ unsafe extern "system" fn cleanup_binding<N: Nmr>(context: *mut c_void) {
 ///
 /// Called by a provider with the client binding context it was given.
 unsafe extern "system" fn notify<N: Nmr>(context: *mut c_void, event: u32, value: u64) {
-    let Some(binding) = NonNull::new(context.cast::<ProviderBinding<N>>()) else { return };
+    let Some(binding) = NonNull::new(context.cast::<ProviderBinding<N>>()) else {
+        return;
+    };
     // SAFETY: the provider may call until both sides completed detaching, and
     // the binding is freed only at cleanup, after that.
     let binding = unsafe { binding.as_ref() };

@@ -2,7 +2,7 @@
 //! once, wait only when the NMR says so.
 
 use core::ffi::c_void;
-use core::sync::atomic::{AtomicPtr, AtomicU8, Ordering};
+use core::sync::atomic::{AtomicI32, AtomicPtr, AtomicU8, Ordering};
 
 use crate::binding::Role;
 use crate::ffi::{HANDLE, NTSTATUS, STATUS_PENDING, STATUS_SUCCESS, nt_success};
@@ -18,6 +18,9 @@ const UNLOADED: u8 = 3;
 pub struct Registration {
     state: AtomicU8,
     handle: AtomicPtr<c_void>,
+    // The final status of the unload, answered again to later calls: a failed
+    // deregistration must keep saying so, or the memory would be freed.
+    outcome: AtomicI32,
 }
 
 impl Registration {
@@ -26,6 +29,7 @@ impl Registration {
         Registration {
             state: AtomicU8::new(UNREGISTERED),
             handle: AtomicPtr::new(core::ptr::null_mut()),
+            outcome: AtomicI32::new(STATUS_SUCCESS),
         }
     }
 
@@ -76,15 +80,25 @@ impl Registration {
     /// Deregisters and waits, once [< DISPATCH]: PENDING -> wait; SUCCESS ->
     /// already complete, no wait; failure -> traced, no wait (waiting on a
     /// failed deregistration could hang forever). Returns the final status;
-    /// later calls return `STATUS_SUCCESS` and do nothing.
+    /// later calls do nothing and return it again (`STATUS_SUCCESS` for a
+    /// module that never registered).
+    ///
+    /// One thread loads and unloads a module: not to be called concurrently
+    /// with `register`.
     pub fn unload<N: Nmr>(&self, nmr: &N, role: Role, module: &'static str) -> NTSTATUS {
         if self
             .state
             .compare_exchange(REGISTERED, UNLOADED, Ordering::AcqRel, Ordering::Acquire)
             .is_err()
         {
-            return STATUS_SUCCESS;
+            return self.outcome.load(Ordering::Acquire);
         }
+        let status = self.deregister_and_wait(nmr, role, module);
+        self.outcome.store(status, Ordering::Release);
+        status
+    }
+
+    fn deregister_and_wait<N: Nmr>(&self, nmr: &N, role: Role, module: &'static str) -> NTSTATUS {
         let handle = self.handle.load(Ordering::Acquire);
         // SAFETY: `handle` came from a successful registration and the state
         // change above makes this the one deregistration.
@@ -102,6 +116,8 @@ impl Registration {
             detail: None,
         });
         if status != STATUS_PENDING {
+            // SUCCESS: already complete, nothing to wait for. A failure: traced
+            // above; never wait on it.
             return status;
         }
         // SAFETY: `handle` was registered and has just been deregistered.

@@ -14,5 +14,9 @@ extern crate std;
 
 pub mod provider;
 
-#[cfg(all(target_os = "windows", not(test), any(feature = "wdk", feature = "raw-kernel")))]
+#[cfg(all(
+    target_os = "windows",
+    not(test),
+    any(feature = "wdk", feature = "raw-kernel")
+))]
 mod driver;

@@ -42,7 +42,12 @@ pub struct ProviderConfig {
 
 impl Default for ProviderConfig {
     fn default() -> Self {
-        ProviderConfig { name: NAME, module_id: MODULE_ID, versions: VersionRange::CURRENT, latency_us: 0 }
+        ProviderConfig {
+            name: NAME,
+            module_id: MODULE_ID,
+            versions: VersionRange::CURRENT,
+            latency_us: 0,
+        }
     }
 }
 
@@ -133,7 +138,10 @@ impl<N: Nmr> ProviderModule<N> {
             module_id: NPI_MODULEID::from_guid(config.module_id),
             npi_characteristics: NpiCharacteristics::new(config.versions),
             dispatch: ProviderDispatch {
-                header: DispatchHeader { version: NPI_VERSION, size: size_of::<ProviderDispatch>() as u16 },
+                header: DispatchHeader {
+                    version: NPI_VERSION,
+                    size: size_of::<ProviderDispatch>() as u16,
+                },
                 get_info: get_info::<N>,
                 checksum: checksum::<N>,
             },
@@ -166,12 +174,24 @@ impl<N: Nmr> ProviderModule<N> {
             instance.ModuleId = &raw const (*this).module_id;
             instance.NpiSpecificCharacteristics = (&raw const (*this).npi_characteristics).cast();
         }
-        let status = provider.registration.register(&provider.nmr, config.name, |handle| {
-            // SAFETY: characteristics and context live in the module, which
-            // outlives the registration (freed only after the wait returns).
-            unsafe { provider.nmr.register_provider(provider.characteristics.get(), this.cast(), handle) }
-        });
-        if nt_success(status) { Ok(provider) } else { Err(status) }
+        let status = provider
+            .registration
+            .register(&provider.nmr, config.name, |handle| {
+                // SAFETY: characteristics and context live in the module, which
+                // outlives the registration (freed only after the wait returns).
+                unsafe {
+                    provider.nmr.register_provider(
+                        provider.characteristics.get(),
+                        this.cast(),
+                        handle,
+                    )
+                }
+            });
+        if nt_success(status) {
+            Ok(provider)
+        } else {
+            Err(status)
+        }
     }
 
     /// The module's name.
@@ -214,20 +234,39 @@ impl<N: Nmr> ProviderModule<N> {
         }
     }
 
-    fn trace(&self, event: Event, binding: Option<usize>, status: NTSTATUS, detail: Option<core::fmt::Arguments<'_>>) {
-        self.nmr.trace(&Record { module: self.config.name, binding, event, status, detail });
+    fn trace(
+        &self,
+        event: Event,
+        binding: Option<usize>,
+        status: NTSTATUS,
+        detail: Option<core::fmt::Arguments<'_>>,
+    ) {
+        self.nmr.trace(&Record {
+            module: self.config.name,
+            binding,
+            event,
+            status,
+            detail,
+        });
     }
 
     fn decline(&self, binding: HANDLE, status: NTSTATUS, why: &dyn core::fmt::Display) -> NTSTATUS {
         self.stats.declined.fetch_add(1, Relaxed);
-        self.trace(Event::AttachDeclined, Some(binding.addr()), status, Some(format_args!("{why}")));
+        self.trace(
+            Event::AttachDeclined,
+            Some(binding.addr()),
+            status,
+            Some(format_args!("{why}")),
+        );
         status
     }
 }
 
 impl<N: Nmr> Unload for ProviderModule<N> {
     fn unload(&self) -> NTSTATUS {
-        let status = self.registration.unload(&self.nmr, Role::Provider, self.config.name);
+        let status = self
+            .registration
+            .unload(&self.nmr, Role::Provider, self.config.name);
         if self.registration.is_registered() {
             return status;
         }
@@ -256,7 +295,12 @@ unsafe extern "system" fn attach_client<N: Nmr>(
     // outlives its registration.
     let module = unsafe { &*context.cast::<ProviderModule<N>>() };
     module.stats.offered.fetch_add(1, Relaxed);
-    module.trace(Event::AttachOffered, Some(handle.addr()), STATUS_SUCCESS, None);
+    module.trace(
+        Event::AttachOffered,
+        Some(handle.addr()),
+        STATUS_SUCCESS,
+        None,
+    );
 
     // SAFETY: the client's registration instance, valid during this callback.
     let client = unsafe { &*client };
@@ -265,7 +309,9 @@ unsafe extern "system" fn attach_client<N: Nmr>(
         return module.decline(handle, STATUS_NOINTERFACE, &PeerMismatch::ModuleId);
     }
     // SAFETY: the client's publication; read no further than its declared size.
-    let version = match unsafe { npi::negotiate_peer(client.NpiSpecificCharacteristics, module.config.versions) } {
+    let version = match unsafe {
+        npi::negotiate_peer(client.NpiSpecificCharacteristics, module.config.versions)
+    } {
         Ok(v) => v,
         Err(why) => return module.decline(handle, STATUS_NOINTERFACE, &why),
     };
@@ -277,9 +323,18 @@ unsafe extern "system" fn attach_client<N: Nmr>(
     };
 
     let data = BindingData { module, version };
-    let Ok(mut binding) = ClientBinding::new(module.nmr.clone(), Role::Provider, module.config.name, handle, data)
-    else {
-        return module.decline(handle, STATUS_INSUFFICIENT_RESOURCES, &"no memory for the binding");
+    let Ok(mut binding) = ClientBinding::new(
+        module.nmr.clone(),
+        Role::Provider,
+        module.config.name,
+        handle,
+        data,
+    ) else {
+        return module.decline(
+            handle,
+            STATUS_INSUFFICIENT_RESOURCES,
+            &"no memory for the binding",
+        );
     };
     binding.set_peer(client_context, table);
     let binding = NonNull::from(Box::leak(binding));
@@ -287,7 +342,11 @@ unsafe extern "system" fn attach_client<N: Nmr>(
     if unsafe { module.bindings.insert(binding) }.is_err() {
         // SAFETY: not linked, not handed out: ours to free.
         drop(unsafe { Box::from_raw(binding.as_ptr()) });
-        return module.decline(handle, STATUS_INSUFFICIENT_RESOURCES, &"no memory to list the binding");
+        return module.decline(
+            handle,
+            STATUS_INSUFFICIENT_RESOURCES,
+            &"no memory to list the binding",
+        );
     }
     // SAFETY: the NMR gave us writable out pointers; our dispatch table lives
     // in the module, which outlives the binding.
@@ -298,7 +357,12 @@ unsafe extern "system" fn attach_client<N: Nmr>(
     module.stats.attached.fetch_add(1, Relaxed);
     // SAFETY: linked and live; the id is only its address.
     let id = unsafe { binding.as_ref() }.id();
-    module.trace(Event::AttachAccepted, Some(id), STATUS_SUCCESS, Some(format_args!("version={version}")));
+    module.trace(
+        Event::AttachAccepted,
+        Some(id),
+        STATUS_SUCCESS,
+        Some(format_args!("version={version}")),
+    );
     STATUS_SUCCESS
 }
 
@@ -321,7 +385,9 @@ unsafe extern "system" fn detach_client<N: Nmr>(context: *mut c_void) -> NTSTATU
 ///
 /// Called by the NMR once, after both sides completed detaching.
 unsafe extern "system" fn cleanup_binding<N: Nmr>(context: *mut c_void) {
-    let Some(binding) = NonNull::new(context.cast::<ClientBinding<N>>()) else { return };
+    let Some(binding) = NonNull::new(context.cast::<ClientBinding<N>>()) else {
+        return;
+    };
     // SAFETY: live until `destroy` below; the module outlives its bindings.
     let module = unsafe { &*binding.as_ref().data.module };
     module.bindings.remove(binding);
@@ -337,7 +403,9 @@ unsafe extern "system" fn cleanup_binding<N: Nmr>(context: *mut c_void) {
 /// `context` is null or a provider binding context we gave that client; the
 /// client may call until both sides completed detaching, and the binding is
 /// freed only at cleanup, after that.
-unsafe fn called_binding<'a, N: Nmr>(context: *mut c_void) -> Option<(&'a ProviderModule<N>, &'a ClientBinding<N>)> {
+unsafe fn called_binding<'a, N: Nmr>(
+    context: *mut c_void,
+) -> Option<(&'a ProviderModule<N>, &'a ClientBinding<N>)> {
     let binding = NonNull::new(context.cast::<ClientBinding<N>>())?;
     // SAFETY: see the function's contract.
     let binding = unsafe { binding.as_ref() };
@@ -353,7 +421,10 @@ unsafe fn called_binding<'a, N: Nmr>(context: *mut c_void) -> Option<(&'a Provid
 ///
 /// Called by a client with the provider binding context it was given, and
 /// `info` null or writable for the `size` it declares.
-unsafe extern "system" fn get_info<N: Nmr>(context: *mut c_void, info: *mut ProviderInfo) -> NTSTATUS {
+unsafe extern "system" fn get_info<N: Nmr>(
+    context: *mut c_void,
+    info: *mut ProviderInfo,
+) -> NTSTATUS {
     // SAFETY: the caller passes the context we gave it.
     let Some((module, binding)) = (unsafe { called_binding::<N>(context) }) else {
         return STATUS_INVALID_PARAMETER;
@@ -366,7 +437,11 @@ unsafe extern "system" fn get_info<N: Nmr>(context: *mut c_void, info: *mut Prov
     if usize::from(size) < size_of::<ProviderInfo>() {
         return STATUS_BUFFER_TOO_SMALL;
     }
-    let answer = ProviderInfo { size: size_of::<ProviderInfo>() as u16, version: binding.data.version, features: FEATURE_CHECKSUM };
+    let answer = ProviderInfo {
+        size: size_of::<ProviderInfo>() as u16,
+        version: binding.data.version,
+        features: FEATURE_CHECKSUM,
+    };
     // SAFETY: the caller declared at least `size_of::<ProviderInfo>()` bytes.
     unsafe { info.write_unaligned(answer) };
     module.stats.served.fetch_add(1, Relaxed);
@@ -379,7 +454,12 @@ unsafe extern "system" fn get_info<N: Nmr>(context: *mut c_void, info: *mut Prov
 ///
 /// Called by a client with the provider binding context it was given,
 /// `data` readable for `len` bytes, `out` writable.
-unsafe extern "system" fn checksum<N: Nmr>(context: *mut c_void, data: *const u8, len: usize, out: *mut u16) -> NTSTATUS {
+unsafe extern "system" fn checksum<N: Nmr>(
+    context: *mut c_void,
+    data: *const u8,
+    len: usize,
+    out: *mut u16,
+) -> NTSTATUS {
     // SAFETY: the caller passes the context we gave it.
     let Some((module, _binding)) = (unsafe { called_binding::<N>(context) }) else {
         return STATUS_INVALID_PARAMETER;

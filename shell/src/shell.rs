@@ -1,0 +1,158 @@
+//! The shell proper: identical on both kernel surfaces.
+
+use core::ffi::c_void;
+use core::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
+
+use alloc::boxed::Box;
+use nmr_common::ffi::{HANDLE, NTSTATUS, STATUS_SUCCESS, nt_success};
+use nmr_common::trace::{Event, LineBuf, Record};
+
+#[cfg(feature = "wdk")]
+#[path = "km_wdk.rs"]
+mod km;
+#[cfg(all(feature = "raw-kernel", not(feature = "wdk")))]
+#[path = "km_raw.rs"]
+mod km;
+
+extern crate alloc;
+
+pub use km::DriverObject;
+
+/// How often the worker thread runs a round, in milliseconds.
+pub const WORKER_PERIOD_MS: u32 = 10;
+
+/// What a driver plugs into the shell: its module, loaded on the real NMR.
+pub trait DriverModule: Sync + Send + Sized + 'static {
+    /// The driver's name, as in its trace lines.
+    const NAME: &'static str;
+    /// Loads and registers the module [PASSIVE].
+    fn load() -> Result<Self, NTSTATUS>;
+    /// One round of the worker thread's work [PASSIVE].
+    fn work(&self);
+    /// Deregisters and waits for the NMR [PASSIVE]; after it returns, the NMR
+    /// calls nothing in the module any more.
+    fn unload(&self) -> NTSTATUS;
+}
+
+/// The state of one loaded driver: the module and its worker thread.
+pub struct Loaded<M: DriverModule> {
+    module: M,
+    stop: AtomicBool,
+    thread: HANDLE,
+}
+
+/// The trace sink: one `DbgPrintEx` line per record, formatted on the stack
+/// (no allocation: records come at DISPATCH_LEVEL too).
+fn dbg_print_sink(record: &Record<'_>) {
+    let line = LineBuf::<256>::format(record);
+    // SAFETY: the buffer is NUL-terminated and lives across the call.
+    unsafe {
+        km::dbg_print(
+            crate::DPFLTR_IHVNETWORK_ID,
+            record.level() as u32,
+            line.as_c_ptr(),
+        )
+    };
+}
+
+fn trace(module: &'static str, event: Event, status: NTSTATUS) {
+    nmr_common::trace::emit(&Record {
+        module,
+        binding: None,
+        event,
+        status,
+        detail: None,
+    });
+}
+
+unsafe extern "C" fn worker<M: DriverModule>(context: *mut c_void) {
+    // SAFETY: the context is the `Loaded<M>`, which `driver_unload` frees only
+    // after this thread has terminated (it waits on the thread handle).
+    let loaded = unsafe { &*context.cast::<Loaded<M>>() };
+    while !loaded.stop.load(Ordering::Acquire) {
+        loaded.module.work();
+        km::delay_ms(WORKER_PERIOD_MS);
+    }
+    // SAFETY: a system thread ends itself with PsTerminateSystemThread.
+    unsafe { km::terminate_thread() }
+}
+
+/// The body of `DriverEntry`: points the trace at `DbgPrintEx`, loads the
+/// module (registering it with the NMR), starts the worker thread, and sets
+/// `DriverUnload`. Any failure undoes what was done and returns its status.
+///
+/// # Safety
+///
+/// Called from `DriverEntry` at PASSIVE with the system's driver object;
+/// `slot` is the driver's one static that `driver_unload` reads.
+pub unsafe fn driver_entry<M: DriverModule>(
+    driver: *mut DriverObject,
+    slot: &AtomicPtr<c_void>,
+    unload: km::DriverUnload,
+) -> NTSTATUS {
+    nmr_common::trace::set_sink(dbg_print_sink);
+    trace(M::NAME, Event::DriverEntry, STATUS_SUCCESS);
+    let module = match M::load() {
+        Ok(module) => module,
+        Err(status) => return status,
+    };
+    let Ok(loaded) = nmr_common::binding::try_box(Loaded {
+        module,
+        stop: AtomicBool::new(false),
+        thread: core::ptr::null_mut(),
+    }) else {
+        // `module` came back inside the error and is dropped here: unloaded.
+        return nmr_common::ffi::STATUS_INSUFFICIENT_RESOURCES;
+    };
+    let loaded = Box::into_raw(loaded);
+    // SAFETY: `worker::<M>` matches KSTART_ROUTINE and `loaded` outlives the thread.
+    match unsafe { km::create_system_thread(worker::<M>, loaded.cast()) } {
+        Ok(thread) => {
+            // SAFETY: the worker only reads `stop` and `module`; `thread` is
+            // written before anything else reads it (driver_unload).
+            unsafe { (*loaded).thread = thread };
+        }
+        Err(status) => {
+            // SAFETY: no thread was started: `loaded` is ours alone.
+            let loaded = unsafe { Box::from_raw(loaded) };
+            loaded.module.unload();
+            drop(loaded);
+            return status;
+        }
+    }
+    slot.store(loaded.cast(), Ordering::Release);
+    // SAFETY: `driver` is the system's driver object for this image.
+    unsafe { km::set_unload(driver, unload) };
+    STATUS_SUCCESS
+}
+
+/// The body of `DriverUnload`: deregisters and waits for the NMR (calls in
+/// flight drain meanwhile; the worker keeps running and is refused), stops
+/// the worker and waits for its thread to end, then frees everything.
+/// Nothing of the driver runs after it returns.
+///
+/// # Safety
+///
+/// Called from `DriverUnload` at PASSIVE, once, after `driver_entry` succeeded.
+pub unsafe fn driver_unload<M: DriverModule>(slot: &AtomicPtr<c_void>) {
+    let loaded = slot
+        .swap(core::ptr::null_mut(), Ordering::AcqRel)
+        .cast::<Loaded<M>>();
+    if loaded.is_null() {
+        return;
+    }
+    // SAFETY: set by `driver_entry`, freed only below.
+    let status = unsafe { &*loaded }.module.unload();
+    // SAFETY: as above; the worker reads `stop` with Acquire.
+    unsafe { &*loaded }.stop.store(true, Ordering::Release);
+    // SAFETY: the thread handle from `create_system_thread`, waited on and
+    // closed exactly once.
+    let waited = unsafe { km::wait_and_close((*loaded).thread) };
+    if !nt_success(waited) {
+        trace(M::NAME, Event::Unload, waited);
+        return; // The thread may still run: leak rather than free under it.
+    }
+    // SAFETY: the worker has ended and the NMR is done: `loaded` is ours alone.
+    drop(unsafe { Box::from_raw(loaded) });
+    let _ = status;
+}

@@ -34,6 +34,24 @@ unsafe extern "system" {
     fn KeBugCheckEx(BugCheckCode: u32, P1: usize, P2: usize, P3: usize, P4: usize) -> !;
 }
 
+// The C memory functions LLVM emits calls to (struct copies, zeroing,
+// `copy_from_slice`, slice equality). On the MSVC targets `compiler_builtins`
+// does not define them: a C driver gets them from the WDK's ntoskrnl.lib, which
+// forwards to the kernel's own exports, so we import the same exports. Nothing
+// in Rust calls them by name; only the ones LLVM actually emits end up in the
+// image's import table (the linker pulls an import only when referenced).
+#[link(name = "ntoskrnl.exe", kind = "raw-dylib", modifiers = "+verbatim")]
+#[allow(
+    dead_code,
+    reason = "referenced by the code LLVM generates, not by name"
+)]
+unsafe extern "C" {
+    fn memcpy(dest: *mut c_void, src: *const c_void, n: usize) -> *mut c_void;
+    fn memmove(dest: *mut c_void, src: *const c_void, n: usize) -> *mut c_void;
+    fn memset(dest: *mut c_void, c: i32, n: usize) -> *mut c_void;
+    fn memcmp(a: *const c_void, b: *const c_void, n: usize) -> i32;
+}
+
 /// The system's `DRIVER_OBJECT` (336 bytes on x64): only `DriverUnload` is
 /// declared; the rest is opaque.
 #[repr(C)]
@@ -204,17 +222,30 @@ fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     unsafe { KeBugCheckEx(BUGCHECK_RUST_PANIC, line, file, 0, 0) }
 }
 
-/// Tells the MSVC linker the image uses floating point; nothing reads it.
-#[unsafe(no_mangle)]
-pub static _fltused: i32 = 0;
-
-/// The C++ exception personality routine an MSVC-target image references.
-/// With `panic = "abort"` no Rust frame has handlers, so there is never
-/// anything to do: answer `ExceptionContinueSearch` (1).
-#[unsafe(no_mangle)]
-pub extern "system" fn __CxxFrameHandler3() -> i32 {
-    1
-}
+// `_fltused` and `__CxxFrameHandler3` are defined in assembly, not as Rust
+// `#[no_mangle]` items: rustc exports every `#[no_mangle]` item of a cdylib,
+// and a driver image must export `DriverEntry` alone (scripts/check-sys.sh).
+//
+// `_fltused`: the MSVC toolchain's marker that the image uses floating point;
+// objects that touch floats reference it, nothing reads it.
+//
+// `__CxxFrameHandler3`: the C++ exception personality routine that the unwind
+// tables of MSVC-target objects (the precompiled `core` among them) name.
+// With `panic = "abort"` nothing ever unwinds through a Rust frame, so there
+// is never anything to do: answer `ExceptionContinueSearch` (1).
+core::arch::global_asm!(
+    ".section .rdata,\"dr\"",
+    ".globl _fltused",
+    ".p2align 2",
+    "_fltused:",
+    "    .long 0",
+    ".text",
+    ".globl __CxxFrameHandler3",
+    ".p2align 4",
+    "__CxxFrameHandler3:",
+    "    mov eax, 1",
+    "    ret",
+);
 
 // `__chkstk`: the stack probe the compiler calls before a frame larger than a
 // page. RAX holds the frame size; the probe touches every page of the new

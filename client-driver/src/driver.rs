@@ -8,7 +8,7 @@ use nmr_common::ffi::NTSTATUS;
 use nmr_common::nmr::Netio;
 use nmr_shell::{DriverModule, DriverObject};
 
-use crate::client::{Client, ClientConfig, ClientModule, NAME};
+use nmr_client_module::client::{Client, ClientConfig, ClientModule, NAME};
 
 /// The worker's payload: checksummed through every provider each round.
 const PAYLOAD: &[u8] =

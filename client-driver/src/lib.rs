@@ -1,9 +1,9 @@
-//! `nmr_client`: the NPI client driver.
+//! `nmr_client`: the NPI client driver image.
 //!
-//! [`client`] is the module logic, portable and generic over the NMR: the
-//! testbed loads it into the model on any host. On Windows targets the
-//! driver shell ([`driver`]) adds `DriverEntry`, `DriverUnload` and the worker
-//! thread, on either kernel surface (`wdk` or `raw-kernel`).
+//! The module logic is the portable `nmr_client_module` crate; this crate is
+//! only the Windows shell around it (`driver.rs`): `DriverEntry`,
+//! `DriverUnload` and the worker thread, on either kernel surface (`wdk` or
+//! `raw-kernel`). On other targets it is empty.
 
 #![no_std]
 
@@ -11,8 +11,6 @@ extern crate alloc;
 // A cdylib built for the host needs a panic handler and an allocator: std's.
 #[cfg(not(target_os = "windows"))]
 extern crate std;
-
-pub mod client;
 
 #[cfg(all(
     target_os = "windows",

@@ -8,7 +8,7 @@ use nmr_common::ffi::NTSTATUS;
 use nmr_common::nmr::Netio;
 use nmr_shell::{DriverModule, DriverObject};
 
-use crate::provider::{NAME, Provider, ProviderConfig, ProviderModule};
+use nmr_provider_module::provider::{NAME, Provider, ProviderConfig, ProviderModule};
 
 struct ProviderDriver(Provider<Netio>);
 

@@ -1,0 +1,10 @@
+//! The NPI provider module, portable: `#![no_std]` + `alloc`, generic over
+//! [`nmr_common::nmr::Nmr`]. The driver image (`nmr_provider.sys`, the
+//! `nmr-provider` package) runs it on the real NMR; the testbed runs it on
+//! the model.
+
+#![no_std]
+
+extern crate alloc;
+
+pub mod provider;

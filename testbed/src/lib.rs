@@ -1,0 +1,217 @@
+//! The testbed: the real client and provider modules, loaded into `nmr-sim`.
+//!
+//! - [`TestNmr`]: the model, plus gates that hold the modules' latency
+//!   delays, so a test can keep a call in flight exactly as long as it wants
+//!   (no sleeps): the provider's `checksum` latency and the client's `notify`
+//!   delay each wait at their gate while it is closed.
+//! - [`stress`]: the load/unload stress with calls flowing both ways, shared
+//!   by the `testbed stress` command and the end-to-end tests.
+//! - [`alloc_count`]: a counting global allocator, for leak checks.
+
+pub mod alloc_count;
+pub mod stress;
+
+use std::collections::HashMap;
+use std::ffi::c_void;
+use std::sync::{Arc, Condvar, Mutex};
+
+use nmr_client_module::client::{Client, ClientConfig, ClientModule};
+use nmr_common::ffi::*;
+use nmr_common::nmr::Nmr;
+use nmr_common::npi::VersionRange;
+use nmr_common::trace::Record;
+use nmr_provider_module::provider::{Provider, ProviderConfig, ProviderModule};
+use nmr_sim::Sim;
+
+/// Gate number of the provider's `checksum` latency (its `latency_us`).
+pub const CHECKSUM_GATE: u32 = 1;
+/// Gate number of the client's `notify` delay (its `notify_delay_us`).
+pub const NOTIFY_GATE: u32 = 2;
+
+#[derive(Default)]
+struct Gates {
+    closed: Mutex<HashMap<u32, usize>>, // gate -> waiters, present = closed
+    changed: Condvar,
+}
+
+/// The model with gates on the modules' delays. Cheap to clone.
+#[derive(Clone)]
+pub struct TestNmr {
+    sim: Sim,
+    gates: Arc<Gates>,
+}
+
+impl TestNmr {
+    /// Wraps a model.
+    pub fn new(sim: Sim) -> Self {
+        TestNmr {
+            sim,
+            gates: Arc::default(),
+        }
+    }
+
+    /// The model.
+    pub fn sim(&self) -> &Sim {
+        &self.sim
+    }
+
+    /// Closes gate `micros`: delays of that many microseconds wait until it opens.
+    pub fn close(&self, micros: u32) {
+        self.gates.closed.lock().unwrap().insert(micros, 0);
+    }
+
+    /// Opens gate `micros`, releasing every delay waiting at it.
+    pub fn open(&self, micros: u32) {
+        self.gates.closed.lock().unwrap().remove(&micros);
+        self.gates.changed.notify_all();
+    }
+
+    /// Blocks until `count` delays are waiting at the closed gate `micros`.
+    pub fn wait_for_waiters(&self, micros: u32, count: usize) {
+        let mut closed = self.gates.closed.lock().unwrap();
+        while closed.get(&micros).copied().unwrap_or(0) < count {
+            closed = self.gates.changed.wait(closed).unwrap();
+        }
+    }
+}
+
+impl Nmr for TestNmr {
+    type Lock = <Sim as Nmr>::Lock;
+
+    unsafe fn register_client(
+        &self,
+        c: *const NPI_CLIENT_CHARACTERISTICS,
+        x: *mut c_void,
+        h: *mut HANDLE,
+    ) -> NTSTATUS {
+        // SAFETY: forwarded unchanged; the caller upholds the contract.
+        unsafe { self.sim.register_client(c, x, h) }
+    }
+    unsafe fn deregister_client(&self, h: HANDLE) -> NTSTATUS {
+        // SAFETY: forwarded unchanged.
+        unsafe { self.sim.deregister_client(h) }
+    }
+    unsafe fn wait_for_client_deregister_complete(&self, h: HANDLE) -> NTSTATUS {
+        // SAFETY: forwarded unchanged.
+        unsafe { self.sim.wait_for_client_deregister_complete(h) }
+    }
+    unsafe fn client_attach_provider(
+        &self,
+        b: HANDLE,
+        ctx: *mut c_void,
+        d: *const c_void,
+        pctx: *mut *mut c_void,
+        pd: *mut *const c_void,
+    ) -> NTSTATUS {
+        // SAFETY: forwarded unchanged.
+        unsafe { self.sim.client_attach_provider(b, ctx, d, pctx, pd) }
+    }
+    unsafe fn client_detach_provider_complete(&self, b: HANDLE) {
+        // SAFETY: forwarded unchanged.
+        unsafe { self.sim.client_detach_provider_complete(b) }
+    }
+    unsafe fn register_provider(
+        &self,
+        c: *const NPI_PROVIDER_CHARACTERISTICS,
+        x: *mut c_void,
+        h: *mut HANDLE,
+    ) -> NTSTATUS {
+        // SAFETY: forwarded unchanged.
+        unsafe { self.sim.register_provider(c, x, h) }
+    }
+    unsafe fn deregister_provider(&self, h: HANDLE) -> NTSTATUS {
+        // SAFETY: forwarded unchanged.
+        unsafe { self.sim.deregister_provider(h) }
+    }
+    unsafe fn wait_for_provider_deregister_complete(&self, h: HANDLE) -> NTSTATUS {
+        // SAFETY: forwarded unchanged.
+        unsafe { self.sim.wait_for_provider_deregister_complete(h) }
+    }
+    unsafe fn provider_detach_client_complete(&self, b: HANDLE) {
+        // SAFETY: forwarded unchanged.
+        unsafe { self.sim.provider_detach_client_complete(b) }
+    }
+    fn trace(&self, record: &Record<'_>) {
+        self.sim.trace(record);
+    }
+    fn delay(&self, micros: u32) {
+        nmr_sim::irql::assert_can_block("a module's delay");
+        let mut closed = self.gates.closed.lock().unwrap();
+        if let Some(waiters) = closed.get_mut(&micros) {
+            *waiters += 1;
+            self.gates.changed.notify_all();
+            while closed.contains_key(&micros) {
+                closed = self.gates.changed.wait(closed).unwrap();
+            }
+            return;
+        }
+        drop(closed);
+        self.sim.delay(micros);
+    }
+    fn incoming_call(&self, callee_binding: HANDLE) {
+        self.sim.incoming_call(callee_binding);
+    }
+}
+
+/// Module ids: distinct per instance, so several clients and providers can
+/// share one model.
+pub fn module_id(kind: u8, index: u32) -> GUID {
+    GUID::from_u128(
+        0x7e57_0000_0000_4000_8000_0000_0000_0000 | (u128::from(kind) << 64) | u128::from(index),
+    )
+}
+
+/// Trace names for module instances (`&'static` as the modules need).
+pub fn instance_name(prefix: &str, index: u32) -> &'static str {
+    static NAMES: Mutex<Vec<(String, &'static str)>> = Mutex::new(Vec::new());
+    let wanted = if index == 0 {
+        prefix.to_owned()
+    } else {
+        format!("{prefix}#{index}")
+    };
+    let mut names = NAMES.lock().unwrap();
+    if let Some((_, name)) = names.iter().find(|(n, _)| *n == wanted) {
+        return name;
+    }
+    let name: &'static str = Box::leak(wanted.clone().into_boxed_str());
+    names.push((wanted, name));
+    name
+}
+
+/// A client config for instance `index` (0 is the real driver's name and id).
+pub fn client_config(index: u32) -> ClientConfig {
+    ClientConfig {
+        name: instance_name(nmr_client_module::client::NAME, index),
+        module_id: module_id(1, index),
+        ..ClientConfig::default()
+    }
+}
+
+/// A provider config for instance `index`.
+pub fn provider_config(index: u32) -> ProviderConfig {
+    ProviderConfig {
+        name: instance_name(nmr_provider_module::provider::NAME, index),
+        module_id: module_id(2, index),
+        ..ProviderConfig::default()
+    }
+}
+
+/// Versions no build of this NPI speaks: a peer that must be declined.
+pub const FUTURE_VERSIONS: VersionRange = VersionRange { min: 2, max: 3 };
+
+/// Loads a client into the model.
+pub fn load_client(nmr: &TestNmr, config: ClientConfig) -> Client<TestNmr> {
+    ClientModule::load(nmr.clone(), config).expect("client registers")
+}
+
+/// Loads a provider into the model.
+pub fn load_provider(nmr: &TestNmr, config: ProviderConfig) -> Provider<TestNmr> {
+    ProviderModule::load(nmr.clone(), config).expect("provider registers")
+}
+
+/// The payload the workers checksum.
+pub fn payload(seed: u64) -> Vec<u8> {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let len = rng.usize(1..=1500);
+    (0..len).map(|_| rng.u8(..)).collect()
+}

@@ -26,6 +26,7 @@ use core::alloc::Layout;
 use core::ffi::c_void;
 use core::marker::PhantomData;
 use core::ptr::{self, NonNull};
+use core::sync::atomic::{AtomicPtr, Ordering};
 
 use crate::ffi::{HANDLE, NTSTATUS, STATUS_PENDING, STATUS_SUCCESS};
 use crate::nmr::Nmr;
@@ -49,10 +50,12 @@ pub struct Binding<N: Nmr, D: 'static, T> {
     role: Role,
     module: &'static str,
     handle: HANDLE,
-    // Written once before the binding can be acquired (see `peer_slots` and
-    // `with_peer`), read-only afterwards. Null dispatch: never callable.
-    peer_context: *mut c_void,
-    peer_dispatch: *const c_void,
+    // Published once by `publish_peer` (the attach path), read by `acquire`.
+    // A null dispatch table means "never callable". Atomics, because the peer
+    // may already be calling into this binding (through our dispatch table)
+    // while our attach callback publishes its table.
+    peer_context: AtomicPtr<c_void>,
+    peer_dispatch: AtomicPtr<c_void>,
     rundown: Rundown,
     /// The owner's per-binding data (counters and the like). Reachable from
     /// any thread holding the binding, so it is usually atomics.
@@ -60,9 +63,9 @@ pub struct Binding<N: Nmr, D: 'static, T> {
     _dispatch: PhantomData<&'static D>,
 }
 
-// SAFETY: the raw pointers are the peer's context and dispatch table, which
-// the NMR keeps valid until cleanup and which the peer expects to be used from
-// any thread; everything else is `Sync` when `N` and `T` are.
+// SAFETY: the handle and the peer's context and table are pointers the NMR and
+// the peer keep valid until cleanup and expect to be used from any thread;
+// everything else is `Sync` when `N` and `T` are.
 unsafe impl<N: Nmr, D: Sync, T: Sync> Sync for Binding<N, D, T> {}
 // SAFETY: as above; nothing in a binding is tied to a thread.
 unsafe impl<N: Nmr, D: Sync, T: Send> Send for Binding<N, D, T> {}
@@ -103,8 +106,8 @@ impl<N: Nmr, D: 'static, T> Binding<N, D, T> {
             role,
             module,
             handle,
-            peer_context: ptr::null_mut(),
-            peer_dispatch: ptr::null(),
+            peer_context: AtomicPtr::new(ptr::null_mut()),
+            peer_dispatch: AtomicPtr::new(ptr::null_mut()),
             rundown: Rundown::new(),
             data,
             _dispatch: PhantomData,
@@ -112,47 +115,15 @@ impl<N: Nmr, D: 'static, T> Binding<N, D, T> {
         .map_err(|b| b.data)
     }
 
-    /// Sets the peer before the binding is shared (the provider's attach:
-    /// the client's context and dispatch are inputs). `dispatch` must have
-    /// passed [`crate::npi::check_dispatch`] for `D`.
-    pub fn set_peer(&mut self, context: *mut c_void, dispatch: &'static D) {
-        self.peer_context = context;
-        self.peer_dispatch = ptr::from_ref(dispatch).cast();
-    }
-
-    /// The out parameters of `NmrClientAttachProvider` (the client's attach:
-    /// the provider's context and dispatch are outputs).
-    ///
-    /// # Safety
-    ///
-    /// `this` is a live binding that no thread is acquiring yet.
-    pub unsafe fn peer_slots(this: *mut Self) -> (*mut *mut c_void, *mut *const c_void) {
-        // SAFETY: `this` is live; raw projections create no reference.
-        unsafe {
-            (
-                &raw mut (*this).peer_context,
-                &raw mut (*this).peer_dispatch,
-            )
-        }
-    }
-
-    /// Accepts or forgets the dispatch table the peer wrote through
-    /// [`Binding::peer_slots`]: `check` sees the raw table and returns it typed,
-    /// or `None` to leave the binding uncallable (a peer that lied).
-    pub fn adopt_peer_dispatch(
-        &mut self,
-        check: impl FnOnce(*const c_void) -> Option<&'static D>,
-    ) -> bool {
-        match check(self.peer_dispatch) {
-            Some(table) => {
-                self.peer_dispatch = ptr::from_ref(table).cast();
-                true
-            }
-            None => {
-                self.peer_dispatch = ptr::null();
-                false
-            }
-        }
+    /// Publishes the peer: its binding context and its dispatch table, which
+    /// must have passed [`crate::npi::check_dispatch`] for `D`. Until this is
+    /// called, [`Binding::acquire`] refuses; a binding whose peer gave an
+    /// unfit table is simply never published.
+    pub fn publish_peer(&self, context: *mut c_void, dispatch: &'static D) {
+        self.peer_context.store(context, Ordering::Relaxed);
+        // Release: whoever sees the table also sees the context.
+        self.peer_dispatch
+            .store(ptr::from_ref(dispatch).cast_mut().cast(), Ordering::Release);
     }
 
     /// This side's NMR binding handle.
@@ -178,10 +149,16 @@ impl<N: Nmr, D: 'static, T> Binding<N, D, T> {
     /// Counts one call into the peer, or `None` once detaching or when the peer
     /// gave no usable dispatch table.
     pub fn acquire(&self) -> Option<PeerCall<'_, N, D, T>> {
-        if self.peer_dispatch.is_null() {
+        let dispatch = self.peer_dispatch.load(Ordering::Acquire);
+        if dispatch.is_null() {
             return None;
         }
-        RundownGuard::try_acquire(self).map(|guard| PeerCall { guard })
+        let context = self.peer_context.load(Ordering::Relaxed);
+        RundownGuard::try_acquire(self).map(|guard| PeerCall {
+            guard,
+            dispatch: dispatch.cast(),
+            context,
+        })
     }
 
     /// Runs `f` with the peer while counted in flight; `None` once detaching.
@@ -290,20 +267,22 @@ unsafe impl<N: Nmr, D: 'static, T> RundownOwner for Binding<N, D, T> {
 /// last one of a detaching binding, completes the detach inline.
 pub struct PeerCall<'a, N: Nmr, D: 'static, T> {
     guard: RundownGuard<'a, Binding<N, D, T>>,
+    dispatch: *const D,
+    context: *mut c_void,
 }
 
 impl<N: Nmr, D: 'static, T> PeerCall<'_, N, D, T> {
     /// The peer's dispatch table.
     pub fn dispatch(&self) -> &D {
-        // SAFETY: `acquire` refuses a null table; a non-null one passed
+        // SAFETY: `acquire` refuses a null table; a published one passed
         // `check_dispatch` for `D` and stays valid until cleanup, which cannot
         // come while this call is counted.
-        unsafe { &*self.guard.peer_dispatch.cast::<D>() }
+        unsafe { &*self.dispatch }
     }
 
     /// The peer's binding context, to pass back to its dispatch functions.
     pub fn context(&self) -> *mut c_void {
-        self.guard.peer_context
+        self.context
     }
 
     /// Our side of the binding.

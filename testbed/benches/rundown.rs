@@ -48,11 +48,11 @@ fn variants(c: &mut Criterion, group: &str, contend: bool) {
     let spin = Arc::new(SpinLock::<FlagLock, usize>::new(0));
     let mutex = Arc::new(Mutex::new(0usize));
     let sim = Sim::new(nmr_sim::Config::default());
-    let mut binding =
+    let binding =
         Binding::<Sim, Table, ()>::new(sim, Role::Client, "bench", std::ptr::null_mut(), ())
             .ok()
             .unwrap();
-    binding.set_peer(std::ptr::null_mut(), &TABLE);
+    binding.publish_peer(std::ptr::null_mut(), &TABLE);
     let binding = Arc::new(binding);
 
     let stop = Arc::new(AtomicBool::new(false));

@@ -364,47 +364,43 @@ unsafe extern "system" fn attach_provider<N: Nmr>(
         );
     };
     let binding = Box::into_raw(binding);
-    // SAFETY: `binding` is live and not shared with anyone yet.
-    let (peer_context, peer_dispatch) = unsafe { ProviderBinding::peer_slots(binding) };
+    let (mut peer_context, mut peer_dispatch) = (ptr::null_mut(), ptr::null());
     // SAFETY: inside ClientAttachProvider for `handle`; our context and
     // dispatch table live until cleanup (the table lives in the module); the
-    // out pointers point into the binding.
+    // out pointers are our locals.
     let status = unsafe {
         module.nmr.client_attach_provider(
             handle,
             binding.cast(),
             (&raw const module.dispatch).cast(),
-            peer_context,
-            peer_dispatch,
+            &mut peer_context,
+            &mut peer_dispatch,
         )
     };
     if !nt_success(status) {
         // R3: a failed attach has no detach and no cleanup: we free it.
-        // SAFETY: the binding came from `Box::into_raw` and nobody else has it.
+        // SAFETY: the binding came from `Box::into_raw`, and the provider
+        // declined, so nobody else has it.
         drop(unsafe { Box::from_raw(binding) });
         return module.decline(handle, status, &"the provider declined");
     }
-    // SAFETY: attached, but no detach can come before this callback returns,
-    // and our worker cannot see the binding before it is linked below.
-    let binding_ref = unsafe { &mut *binding };
+    // SAFETY: attached, and no detach (so no cleanup) can come before this
+    // callback returns. Shared only: the provider may already be notifying.
+    let binding_ref = unsafe { &*binding };
     let id = binding_ref.id();
     // SAFETY: the provider wrote its table's address; the check reads the
     // header first and never past the size it declares. The table stays valid
     // until cleanup.
-    let fits = binding_ref.adopt_peer_dispatch(|table| {
-        unsafe { check_dispatch::<ProviderDispatch>(table, version) }.ok()
-    });
-    if !fits {
-        // Too late to decline: the binding exists. It stays uncallable and is
-        // detached and cleaned up like any other.
-        module.trace(
+    match unsafe { check_dispatch::<ProviderDispatch>(peer_dispatch, version) } {
+        Ok(table) => binding_ref.publish_peer(peer_context, table),
+        // Too late to decline: the binding exists. It is never published, so
+        // never called, and is detached and cleaned up like any other.
+        Err(why) => module.trace(
             Event::PeerFault,
             Some(id),
             STATUS_NOINTERFACE,
-            Some(format_args!(
-                "provider dispatch table does not fit; binding unused"
-            )),
-        );
+            Some(format_args!("{why}; binding unused")),
+        ),
     }
     // SAFETY: `binding` stays valid until cleanup, which unlinks it first.
     if unsafe { module.bindings.insert(NonNull::new_unchecked(binding)) }.is_err() {

@@ -323,7 +323,7 @@ unsafe extern "system" fn attach_client<N: Nmr>(
     };
 
     let data = BindingData { module, version };
-    let Ok(mut binding) = ClientBinding::new(
+    let Ok(binding) = ClientBinding::new(
         module.nmr.clone(),
         Role::Provider,
         module.config.name,
@@ -336,7 +336,7 @@ unsafe extern "system" fn attach_client<N: Nmr>(
             &"no memory for the binding",
         );
     };
-    binding.set_peer(client_context, table);
+    binding.publish_peer(client_context, table);
     let binding = NonNull::from(Box::leak(binding));
     // SAFETY: the binding stays valid until cleanup, which unlinks it first.
     if unsafe { module.bindings.insert(binding) }.is_err() {

@@ -310,10 +310,8 @@ mod tests {
     fn negotiate_peer_never_reads_past_declared_size() {
         let ours = VersionRange::CURRENT;
         // SAFETY: null is allowed.
-        assert_eq!(
-            unsafe { negotiate_peer(core::ptr::null(), ours) },
-            Err(PeerMismatch::Characteristics)
-        );
+        let none = unsafe { negotiate_peer(core::ptr::null(), ours) };
+        assert_eq!(none, Err(PeerMismatch::Characteristics));
         // Only the size field exists and says 2 bytes: must not read further.
         let short: u16 = 2;
         // SAFETY: `short` is a readable u16 declaring a 2-byte publication.
@@ -321,10 +319,8 @@ mod tests {
         assert_eq!(r, Err(PeerMismatch::Characteristics));
         let good = NpiCharacteristics::new(VersionRange { min: 1, max: 2 });
         // SAFETY: a whole publication.
-        assert_eq!(
-            unsafe { negotiate_peer((&raw const good).cast(), ours) },
-            Ok(1)
-        );
+        let agreed = unsafe { negotiate_peer((&raw const good).cast(), ours) };
+        assert_eq!(agreed, Ok(1));
         let newer = NpiCharacteristics::new(VersionRange { min: 3, max: 4 });
         // SAFETY: a whole publication.
         let r = unsafe { negotiate_peer((&raw const newer).cast(), ours) };
@@ -349,7 +345,8 @@ mod tests {
             notify,
         };
         // SAFETY: a whole table.
-        assert!(unsafe { check_dispatch::<ClientDispatch>((&raw const table).cast(), 1) }.is_ok());
+        let fits = unsafe { check_dispatch::<ClientDispatch>((&raw const table).cast(), 1) };
+        assert!(fits.is_ok());
         // SAFETY: a whole table.
         let wrong_version =
             unsafe { check_dispatch::<ClientDispatch>((&raw const table).cast(), 2) };

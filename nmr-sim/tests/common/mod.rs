@@ -282,23 +282,23 @@ impl TestModule {
     pub fn register(self: &Arc<Self>) -> NTSTATUS {
         self.unloaded.store(false, Ordering::SeqCst);
         let context = Arc::as_ptr(self).cast_mut().cast::<c_void>();
-        let mut handle: HANDLE = ptr::null_mut();
+        // The model writes the handle before any attach callback runs, so
+        // hooks can use it from there: hand it the atomic's own storage.
+        let handle = self.handle.as_ptr().cast::<HANDLE>();
         // SAFETY: the characteristics and the module live as long as the
-        // test's Arc, beyond the wait; `handle` is writable. The handle is
-        // also published while attach callbacks run (the model writes it first).
-        let status = unsafe {
+        // test's Arc, beyond the wait; `handle` is writable (usize and HANDLE
+        // have one size), and nothing else writes it during the call.
+        unsafe {
             match self.side {
                 Side::Client => self
                     .sim
-                    .register_client(&*self.client_chars, context, &mut handle),
+                    .register_client(&*self.client_chars, context, handle),
                 Side::Provider => {
                     self.sim
-                        .register_provider(&*self.provider_chars, context, &mut handle)
+                        .register_provider(&*self.provider_chars, context, handle)
                 }
             }
-        };
-        self.handle.store(handle as usize, Ordering::SeqCst);
-        status
+        }
     }
 
     /// The registration handle.
@@ -577,33 +577,43 @@ unsafe extern "system" fn client_attach(
         m.saw(Cb::Declined(handle as usize, STATUS_NOINTERFACE));
         return STATUS_NOINTERFACE;
     }
-    let b = m.new_binding(handle);
-    let raw = Arc::into_raw(b.clone()).cast_mut().cast::<c_void>();
-    let mut pctx: *mut c_void = ptr::null_mut();
-    let mut pdisp: *const c_void = ptr::null();
-    // SAFETY: inside our attach callback for this handle; the context and the
-    // static dispatch table outlive the binding; the out slots are locals.
-    let status = unsafe {
-        m.sim.client_attach_provider(
-            handle,
-            raw,
-            ptr::from_ref(&CLIENT_DISPATCH).cast(),
-            &mut pctx,
-            &mut pdisp,
-        )
-    };
-    if nt_success(status) {
-        b.peer_context.store(pctx as usize, Ordering::SeqCst);
-        b.peer_dispatch.store(pdisp as usize, Ordering::SeqCst);
-        m.bindings.lock().unwrap().push(b);
-        m.saw(Cb::Attached(handle as usize));
-    } else {
-        // R3: no detach or cleanup will come: free our own context now.
-        // SAFETY: `raw` came from Arc::into_raw above and nobody else has it.
-        drop(unsafe { Arc::from_raw(raw.cast_const().cast::<TestBinding>()) });
-        m.saw(Cb::Declined(handle as usize, status));
+    m.attach_to_provider(handle)
+}
+
+impl TestModule {
+    /// The client's normal attach: a new binding context, then
+    /// `NmrClientAttachProvider`; on failure the context is freed here (R3).
+    /// Hooks call it to misbehave around a real attach.
+    pub fn attach_to_provider(&self, handle: HANDLE) -> NTSTATUS {
+        let m = self;
+        let b = m.new_binding(handle);
+        let raw = Arc::into_raw(b.clone()).cast_mut().cast::<c_void>();
+        let mut pctx: *mut c_void = ptr::null_mut();
+        let mut pdisp: *const c_void = ptr::null();
+        // SAFETY: inside our attach callback for this handle; the context and the
+        // static dispatch table outlive the binding; the out slots are locals.
+        let status = unsafe {
+            m.sim.client_attach_provider(
+                handle,
+                raw,
+                ptr::from_ref(&CLIENT_DISPATCH).cast(),
+                &mut pctx,
+                &mut pdisp,
+            )
+        };
+        if nt_success(status) {
+            b.peer_context.store(pctx as usize, Ordering::SeqCst);
+            b.peer_dispatch.store(pdisp as usize, Ordering::SeqCst);
+            m.bindings.lock().unwrap().push(b);
+            m.saw(Cb::Attached(handle as usize));
+        } else {
+            // R3: no detach or cleanup will come: free our own context now.
+            // SAFETY: `raw` came from Arc::into_raw above and nobody else has it.
+            drop(unsafe { Arc::from_raw(raw.cast_const().cast::<TestBinding>()) });
+            m.saw(Cb::Declined(handle as usize, status));
+        }
+        status
     }
-    status
 }
 
 #[allow(clippy::too_many_arguments)]

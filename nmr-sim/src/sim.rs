@@ -1606,3 +1606,55 @@ impl Nmr for Sim {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_worker_thread_ends_with_the_model() {
+        let sims: Vec<Sim> = (0..32)
+            .map(|_| {
+                Sim::new(Config {
+                    delivery: Delivery::Worker,
+                    ..Config::default()
+                })
+            })
+            .collect();
+        let queues: Vec<Weak<Queue>> = sims
+            .iter()
+            .map(|s| Arc::downgrade(s.inner.queue.as_ref().unwrap()))
+            .collect();
+        drop(sims);
+        // Each worker drops its queue when it returns: wait for all of them.
+        let start = std::time::Instant::now();
+        while queues.iter().any(|q| q.strong_count() > 0) {
+            assert!(start.elapsed() < std::time::Duration::from_secs(10));
+            std::thread::yield_now();
+        }
+    }
+
+    #[test]
+    fn handles_are_distinct_and_stale_ones_are_recognised() {
+        let sim = Sim::new(Config::default());
+        let mut st = sim.state();
+        let a = st.alloc_handle();
+        let b = st.alloc_handle();
+        assert_ne!(a, b);
+        assert_ne!(a, 0);
+        assert!(matches!(st.resolve(a), Resolved::Stale));
+        assert!(matches!(st.resolve(a + 1), Resolved::Unknown));
+        assert!(matches!(st.resolve(b + HANDLE_STEP), Resolved::Unknown));
+        assert!(matches!(st.resolve(0), Resolved::Unknown));
+    }
+
+    #[test]
+    fn rng_is_seeded() {
+        let mut a = Rng(7);
+        let mut b = Rng(7);
+        let xs: Vec<u64> = (0..8).map(|_| a.next()).collect();
+        let ys: Vec<u64> = (0..8).map(|_| b.next()).collect();
+        assert_eq!(xs, ys);
+        assert_ne!(Rng(8).next(), Rng(7).next());
+    }
+}

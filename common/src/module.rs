@@ -95,6 +95,13 @@ impl Registration {
         }
         let status = self.deregister_and_wait(nmr, role, module);
         self.outcome.store(status, Ordering::Release);
+        nmr.trace(&Record {
+            module,
+            binding: None,
+            event: Event::Unload,
+            status,
+            detail: None,
+        });
         status
     }
 

@@ -9,6 +9,7 @@
 //! - [`alloc_count`]: a counting global allocator, for leak checks.
 
 pub mod alloc_count;
+pub mod demo;
 pub mod stress;
 
 use std::collections::HashMap;

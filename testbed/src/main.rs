@@ -30,6 +30,14 @@ struct Cli {
 enum Command {
     /// Load/unload stress with checksum and notify calls in flight.
     Stress(StressArgs),
+    /// One healthy sequence, traced: provider and client load and attach, the
+    /// provider unloads while a checksum call is in flight, then the client
+    /// unloads. Prints the lines DbgPrintEx would show.
+    Demo {
+        /// Also print the model's own events (`nmr: ...` lines).
+        #[arg(long)]
+        nmr: bool,
+    },
 }
 
 #[derive(clap::Args)]
@@ -70,7 +78,15 @@ struct StressArgs {
 }
 
 fn main() -> ExitCode {
-    let Command::Stress(args) = Cli::parse().command;
+    let args = match Cli::parse().command {
+        Command::Stress(args) => args,
+        Command::Demo { nmr } => {
+            for line in testbed::demo::run(nmr) {
+                println!("{line}");
+            }
+            return ExitCode::SUCCESS;
+        }
+    };
     let config = StressConfig {
         cycles: args.cycles,
         duration: Duration::from_secs_f64(args.duration.max(0.0)),

@@ -281,13 +281,13 @@ impl<N: Nmr> ClientModule<N> {
         });
     }
 
-    fn decline(&self, binding: HANDLE, status: NTSTATUS, why: &dyn core::fmt::Display) -> NTSTATUS {
+    fn decline(&self, handle: HANDLE, status: NTSTATUS, why: &dyn core::fmt::Display) -> NTSTATUS {
         self.stats.declined.fetch_add(1, Relaxed);
         self.trace(
             Event::AttachDeclined,
-            Some(binding.addr()),
+            None,
             status,
-            Some(format_args!("{why}")),
+            Some(format_args!("nmr-handle={handle:p} {why}")),
         );
         status
     }
@@ -295,14 +295,8 @@ impl<N: Nmr> ClientModule<N> {
 
 impl<N: Nmr> Unload for ClientModule<N> {
     fn unload(&self) -> NTSTATUS {
-        let status = self
-            .registration
-            .unload(&self.nmr, Role::Client, self.config.name);
-        if self.registration.is_registered() {
-            return status;
-        }
-        self.trace(Event::Unload, None, status, None);
-        status
+        self.registration
+            .unload(&self.nmr, Role::Client, self.config.name)
     }
 }
 
@@ -324,9 +318,9 @@ unsafe extern "system" fn attach_provider<N: Nmr>(
     // Traces name this binding by its NMR handle until the context exists.
     module.trace(
         Event::AttachOffered,
-        Some(handle.addr()),
-        STATUS_SUCCESS,
         None,
+        STATUS_SUCCESS,
+        Some(format_args!("nmr-handle={handle:p}")),
     );
 
     // SAFETY: the NMR hands us the provider's registration instance, valid
@@ -416,7 +410,7 @@ unsafe extern "system" fn attach_provider<N: Nmr>(
         Event::AttachAccepted,
         Some(id),
         status,
-        Some(format_args!("version={version}")),
+        Some(format_args!("nmr-handle={handle:p} version={version}")),
     );
     status
 }

@@ -250,13 +250,13 @@ impl<N: Nmr> ProviderModule<N> {
         });
     }
 
-    fn decline(&self, binding: HANDLE, status: NTSTATUS, why: &dyn core::fmt::Display) -> NTSTATUS {
+    fn decline(&self, handle: HANDLE, status: NTSTATUS, why: &dyn core::fmt::Display) -> NTSTATUS {
         self.stats.declined.fetch_add(1, Relaxed);
         self.trace(
             Event::AttachDeclined,
-            Some(binding.addr()),
+            None,
             status,
-            Some(format_args!("{why}")),
+            Some(format_args!("nmr-handle={handle:p} {why}")),
         );
         status
     }
@@ -264,14 +264,8 @@ impl<N: Nmr> ProviderModule<N> {
 
 impl<N: Nmr> Unload for ProviderModule<N> {
     fn unload(&self) -> NTSTATUS {
-        let status = self
-            .registration
-            .unload(&self.nmr, Role::Provider, self.config.name);
-        if self.registration.is_registered() {
-            return status;
-        }
-        self.trace(Event::Unload, None, status, None);
-        status
+        self.registration
+            .unload(&self.nmr, Role::Provider, self.config.name)
     }
 }
 
@@ -297,9 +291,9 @@ unsafe extern "system" fn attach_client<N: Nmr>(
     module.stats.offered.fetch_add(1, Relaxed);
     module.trace(
         Event::AttachOffered,
-        Some(handle.addr()),
-        STATUS_SUCCESS,
         None,
+        STATUS_SUCCESS,
+        Some(format_args!("nmr-handle={handle:p}")),
     );
 
     // SAFETY: the client's registration instance, valid during this callback.
@@ -361,7 +355,7 @@ unsafe extern "system" fn attach_client<N: Nmr>(
         Event::AttachAccepted,
         Some(id),
         STATUS_SUCCESS,
-        Some(format_args!("version={version}")),
+        Some(format_args!("nmr-handle={handle:p} version={version}")),
     );
     STATUS_SUCCESS
 }

@@ -1,0 +1,252 @@
+<#
+.SYNOPSIS
+    Installs nmr_client.sys and nmr_provider.sys on this test machine.
+
+.DESCRIPTION
+    Two ways to install, one for each way to build (docs/windows.md):
+
+    Mode A (default): the driver packages `cargo make` builds on Windows,
+    target\<profile>\nmr_client_package and target\<profile>\nmr_provider_package
+    (.sys, .inf, .cat, .pdb, WDRLocalTestCert.cer). Each is added to the driver
+    store and installed as a primitive driver:
+        pnputil /add-driver <package>\nmr_client.inf /install
+    The INF creates the demand-start kernel service of the same name, whose image
+    runs from the driver store (DIRID 13).
+
+    Mode B (-LinuxImage <dir>): the images cross-built on Linux (target/sys/ of
+    scripts/build-sys.sh, copied here). No catalog, so no driver store: the .sys
+    files are copied to %SystemRoot%\System32\drivers and the services are created
+    with  sc.exe create nmr_client type= kernel start= demand binPath= <path>
+    (sc.exe needs the space after each "option=").
+
+    The drivers load only if their signature is trusted: with test-signed builds,
+    test signing must be on (bcdedit /set testsigning on, reboot, Secure Boot off).
+    The script checks and warns. A test-signed package also needs its test
+    certificate in LocalMachine\Root and LocalMachine\TrustedPublisher before
+    pnputil accepts it: -TrustTestCertificate imports WDRLocalTestCert.cer there.
+
+    The services are created, not started, unless -Start is given. Neither depends
+    on the other: they find each other through the NMR in either order.
+
+    Needs an elevated PowerShell (Windows PowerShell 5.1 or PowerShell 7).
+    -WhatIf shows every change without making it.
+
+.PARAMETER PackageRoot
+    Mode A: the directory that holds nmr_client_package\ and nmr_provider_package\.
+    Default: <repo>\target\<CargoProfile>.
+
+.PARAMETER CargoProfile
+    Mode A, when -PackageRoot is not given: debug (what `cargo make` builds) or
+    release (what `cargo make default --release` builds).
+
+.PARAMETER TrustTestCertificate
+    Mode A: import each package's WDRLocalTestCert.cer (the test certificate
+    wdk-build generates and signs with) into LocalMachine\Root and
+    LocalMachine\TrustedPublisher. Only on a disposable test machine.
+
+.PARAMETER LinuxImage
+    Mode B: the directory that holds nmr_client.sys and nmr_provider.sys.
+
+.PARAMETER Start
+    Also start both services (provider first, then client) and show their state.
+
+.EXAMPLE
+    .\scripts\install.ps1 -TrustTestCertificate -Start
+    Installs the debug packages built by `cargo make`, trusting their test certificate.
+
+.EXAMPLE
+    .\scripts\install.ps1 -CargoProfile release -WhatIf
+
+.EXAMPLE
+    .\scripts\install.ps1 -LinuxImage C:\drop\sys -Start
+#>
+[CmdletBinding(SupportsShouldProcess = $true, DefaultParameterSetName = 'Package')]
+param(
+    [Parameter(ParameterSetName = 'Package')]
+    [string] $PackageRoot,
+
+    [Parameter(ParameterSetName = 'Package')]
+    [ValidateSet('debug', 'release')]
+    [string] $CargoProfile = 'debug',
+
+    [Parameter(ParameterSetName = 'Package')]
+    [switch] $TrustTestCertificate,
+
+    [Parameter(ParameterSetName = 'LinuxImage', Mandatory = $true)]
+    [string] $LinuxImage,
+
+    [switch] $Start
+)
+
+Set-StrictMode -Version Latest
+$ErrorActionPreference = 'Stop'
+
+# The script's own ShouldProcess (it carries -WhatIf and -Confirm). The helper
+# functions below call it through this variable: a function with [Parameter()]
+# attributes is an advanced function whose own $PSCmdlet does not declare
+# SupportsShouldProcess.
+$ScriptCmdlet = $PSCmdlet
+
+# The fixed names: Cargo lib name = .sys name = INF name = service name.
+$Drivers = @('nmr_provider', 'nmr_client')
+$DisplayNames = @{
+    'nmr_client'   = 'Rust NMR NPI client'
+    'nmr_provider' = 'Rust NMR NPI provider'
+}
+
+function Assert-Administrator {
+    $identity = [Security.Principal.WindowsIdentity]::GetCurrent()
+    $principal = New-Object Security.Principal.WindowsPrincipal($identity)
+    if (-not $principal.IsInRole([Security.Principal.WindowsBuiltInRole]::Administrator)) {
+        throw 'This script installs drivers and services: run it from an elevated PowerShell ("Run as administrator").'
+    }
+}
+
+# Runs a native program and returns its exit code and its merged stdout/stderr.
+# $ErrorActionPreference is 'Continue' in here because Windows PowerShell 5.1
+# turns a native program's stderr line into a terminating error under 'Stop'
+# when stderr is redirected; the exit code is what decides success.
+function Invoke-NativeCapture {
+    param(
+        [Parameter(Mandatory = $true)] [string] $FilePath,
+        [string[]] $ArgumentList = @()
+    )
+    $ErrorActionPreference = 'Continue'
+    Write-Verbose "> $FilePath $($ArgumentList -join ' ')"
+    $output = & $FilePath @ArgumentList 2>&1 | Out-String
+    return [pscustomobject]@{ ExitCode = $LASTEXITCODE; Output = $output.TrimEnd() }
+}
+
+# Runs a native program, prints its output, throws (with the output) unless the
+# exit code is one of $AllowedExitCodes, and returns the exit code.
+function Invoke-Native {
+    param(
+        [Parameter(Mandatory = $true)] [string] $FilePath,
+        [string[]] $ArgumentList = @(),
+        [int[]] $AllowedExitCodes = @(0)
+    )
+    $result = Invoke-NativeCapture -FilePath $FilePath -ArgumentList $ArgumentList
+    if ($AllowedExitCodes -notcontains $result.ExitCode) {
+        throw "'$FilePath $($ArgumentList -join ' ')' failed with exit code $($result.ExitCode):`n$($result.Output)"
+    }
+    if ($result.Output) { Write-Host $result.Output }
+    return $result.ExitCode
+}
+
+# bcdedit lists "testsigning  Yes" in the {current} entry when test signing is on
+# and no testsigning line when it was never set. '{current}' is quoted: bare
+# braces are a script block in PowerShell.
+function Test-TestSigning {
+    $result = Invoke-NativeCapture -FilePath 'bcdedit.exe' -ArgumentList @('/enum', '{current}')
+    if ($result.ExitCode -ne 0) {
+        Write-Warning "Could not read the boot configuration (bcdedit exit code $($result.ExitCode)): $($result.Output)"
+    } elseif ($result.Output -match '(?im)^\s*testsigning\s+Yes\s*$') {
+        Write-Host 'Test signing is on.'
+    } else {
+        Write-Warning ('bcdedit /enum {current} does not show "testsigning Yes": a test-signed driver will not load ' +
+            '(sc.exe start fails with 577, ERROR_INVALID_IMAGE_HASH). Turn it on with: bcdedit /set testsigning on, ' +
+            'then reboot (with Secure Boot off in the firmware or VM settings).')
+    }
+    try {
+        if (Confirm-SecureBootUEFI) {
+            Write-Warning 'Secure Boot is on: Windows ignores testsigning while it is on.'
+        }
+    } catch {
+        Write-Verbose "Secure Boot state not available here: $($_.Exception.Message)"
+    }
+}
+
+# "4 RUNNING", "1 STOPPED", ... from `sc.exe query <name>`, or $null when no such service exists.
+function Get-ServiceStateLine {
+    param([Parameter(Mandatory = $true)] [string] $Name)
+    $result = Invoke-NativeCapture -FilePath 'sc.exe' -ArgumentList @('query', $Name)
+    if ($result.ExitCode -eq 1060) { return $null }   # ERROR_SERVICE_DOES_NOT_EXIST
+    if ($result.ExitCode -ne 0) { throw "sc.exe query $Name failed with exit code $($result.ExitCode):`n$($result.Output)" }
+    if ($result.Output -match '(?m)^\s*STATE\s*:\s*(\d+\s+\S+)') { return $Matches[1] }
+    throw "Unexpected output of sc.exe query ${Name}:`n$($result.Output)"
+}
+
+function Install-FromPackages {
+    $root = $PackageRoot
+    if (-not $root) {
+        $root = Join-Path (Join-Path (Split-Path -Parent $PSScriptRoot) 'target') $CargoProfile
+    }
+    foreach ($name in $Drivers) {
+        $package = Join-Path $root "${name}_package"
+        $inf = Join-Path $package "$name.inf"
+        if (-not (Test-Path -LiteralPath $inf -PathType Leaf)) {
+            throw "No $inf. Build the packages first (cargo make; cargo make default --release for -CargoProfile release) or pass -PackageRoot."
+        }
+        if ($TrustTestCertificate) {
+            $cer = Join-Path $package 'WDRLocalTestCert.cer'
+            if (-not (Test-Path -LiteralPath $cer -PathType Leaf)) { throw "No $cer in the package." }
+            foreach ($store in @('Cert:\LocalMachine\Root', 'Cert:\LocalMachine\TrustedPublisher')) {
+                if ($script:ScriptCmdlet.ShouldProcess($store, "Import-Certificate $cer")) {
+                    [void](Import-Certificate -FilePath $cer -CertStoreLocation $store -Confirm:$false)
+                    Write-Host "Imported $cer into $store"
+                }
+            }
+        }
+        $existing = Get-ServiceStateLine -Name $name
+        if ($null -ne $existing) {
+            Write-Warning "Service $name already exists (STATE $existing). pnputil adds the new package next to the old one; scripts\uninstall.ps1 first gives a clean install."
+        }
+        if ($script:ScriptCmdlet.ShouldProcess($inf, 'pnputil /add-driver /install')) {
+            # 3010 = ERROR_SUCCESS_REBOOT_REQUIRED: installed, a reboot finishes it.
+            $code = Invoke-Native -FilePath 'pnputil.exe' -ArgumentList @('/add-driver', $inf, '/install') -AllowedExitCodes @(0, 3010)
+            if ($code -eq 3010) { Write-Warning "pnputil asks for a reboot to finish installing $name." }
+        }
+    }
+}
+
+function Install-FromLinuxImage {
+    $driversDir = Join-Path $env:SystemRoot 'System32\drivers'
+    foreach ($name in $Drivers) {
+        $source = Join-Path $LinuxImage "$name.sys"
+        if (-not (Test-Path -LiteralPath $source -PathType Leaf)) {
+            throw "No $source. Copy target/sys/ of the Linux build (scripts/build-sys.sh) here and pass it as -LinuxImage."
+        }
+        $existing = Get-ServiceStateLine -Name $name
+        if ($null -ne $existing) {
+            throw "Service $name already exists (STATE $existing). Remove it first: scripts\uninstall.ps1"
+        }
+        $destination = Join-Path $driversDir "$name.sys"
+        if ($script:ScriptCmdlet.ShouldProcess($destination, "Copy-Item $source")) {
+            Copy-Item -LiteralPath $source -Destination $destination -Force -Confirm:$false
+            Write-Host "Copied $source to $destination"
+        }
+        # Each sc.exe option is "name=" followed by the value as the next argument.
+        $scArgs = @('create', $name, 'type=', 'kernel', 'start=', 'demand', 'error=', 'normal',
+            'binPath=', $destination, 'DisplayName=', $DisplayNames[$name])
+        if ($script:ScriptCmdlet.ShouldProcess($name, "sc.exe $($scArgs -join ' ')")) {
+            [void](Invoke-Native -FilePath 'sc.exe' -ArgumentList $scArgs)
+        }
+    }
+}
+
+function Start-Drivers {
+    foreach ($name in $Drivers) {
+        if ($script:ScriptCmdlet.ShouldProcess($name, 'sc.exe start')) {
+            # 1056 = ERROR_SERVICE_ALREADY_RUNNING.
+            $code = Invoke-Native -FilePath 'sc.exe' -ArgumentList @('start', $name) -AllowedExitCodes @(0, 1056)
+            if ($code -eq 1056) { Write-Host "$name was already running." }
+            Write-Host "${name}: STATE $(Get-ServiceStateLine -Name $name)"
+        }
+    }
+}
+
+Assert-Administrator
+Test-TestSigning
+
+if ($PSCmdlet.ParameterSetName -eq 'LinuxImage') {
+    Install-FromLinuxImage
+} else {
+    Install-FromPackages
+}
+
+if ($Start) {
+    Start-Drivers
+    Write-Host 'nmr_provider and nmr_client are running. Their trace goes to the kernel debugger or DebugView (docs/windbg.md).'
+} else {
+    Write-Host 'Installed. Start them in either order with sc.exe start nmr_provider / sc.exe start nmr_client, or run scripts\stress.ps1.'
+}

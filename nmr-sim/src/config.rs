@@ -25,12 +25,14 @@ pub enum Delivery {
 /// What the model does when a module breaks the contract.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Policy {
-    /// Record the violation and panic with its text. The panic is raised on
-    /// the thread that broke the rule as soon as no module callback is on that
-    /// thread's stack (a panic cannot unwind through an `extern "system"`
-    /// callback); violations seen on the model's worker thread are raised by
-    /// the next NMR call, [`crate::Sim::quiesce`] or [`crate::Sim::check`] on
-    /// another thread.
+    /// Record the violation and panic with its text. A misusing NMR call made
+    /// outside any module callback panics before it returns. A panic cannot
+    /// unwind through an `extern "system"` callback, so a violation seen
+    /// inside one (or on the model's worker thread, or in
+    /// `Nmr::incoming_call`, which runs inside dispatch functions) is raised
+    /// at the next safe point: when the outermost NMR call on that thread
+    /// returns, or at the next NMR call, [`crate::Sim::quiesce`] or
+    /// [`crate::Sim::check`] on a thread outside callbacks.
     Panic,
     /// Only record it; read them with [`crate::Sim::violations`].
     Record,

@@ -373,6 +373,13 @@ struct Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
+        let pending = lock(&self.state).pending_panic.take();
+        if let Some(msg) = pending {
+            // Never raised (no NMR call, quiesce or check came after it).
+            eprintln!(
+                "nmr-sim: contract violation never raised before the model was dropped: {msg}"
+            );
+        }
         if let Some(q) = &self.queue {
             lock(&q.state).shutdown = true;
             q.cond.notify_all();
@@ -648,8 +655,16 @@ impl Sim {
 
     /// Records a violation and applies the policy.
     fn report(&self, v: Violation) {
+        self.report_from(v, false);
+    }
+
+    /// Records a violation; `hook` says it was seen in a hook the modules
+    /// call from code of unknown ABI (`incoming_call` runs inside dispatch
+    /// functions, typically `extern "system"`), where a panic would abort the
+    /// process: its panic always waits for the next safe point.
+    fn report_from(&self, v: Violation, hook: bool) {
         let msg = v.to_string();
-        let at_once = DEPTH.with(Cell::get) == 0 && !WORKER.with(Cell::get);
+        let at_once = !hook && DEPTH.with(Cell::get) == 0 && !WORKER.with(Cell::get);
         let panic = self.inner.config.policy == Policy::Panic;
         {
             let mut st = self.state();
@@ -1602,7 +1617,7 @@ impl Nmr for Sim {
             }
         };
         if let Some(v) = v {
-            self.report(v);
+            self.report_from(v, true);
         }
     }
 }

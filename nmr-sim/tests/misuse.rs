@@ -872,3 +872,24 @@ fn violations_display_names_the_rule() {
     assert_eq!(v.module(), Some("nmr_client"));
     assert_eq!(v.handle(), Some(0x10020));
 }
+
+#[test]
+fn panic_policy_raises_a_call_after_detach_at_the_next_safe_point() {
+    // incoming_call runs inside the callee's dispatch function (extern
+    // "system" here): it records, and the panic comes from `check`.
+    let (sim, c, p) = bound(Config::default());
+    p.set(|b| b.reply = Reply::Pending);
+    let (cb, pb) = (c.only(), p.only());
+    c.deregister();
+    cb.call_peer(); // R9: the client's detach returned SUCCESS
+    assert_eq!(sim.violations().len(), 1);
+    let err = catch_unwind(AssertUnwindSafe(|| sim.check())).unwrap_err();
+    assert!(
+        err.downcast_ref::<String>()
+            .unwrap()
+            .starts_with("R9: c called into p")
+    );
+    pb.complete();
+    assert_eq!(c.wait(), STATUS_SUCCESS);
+    drain(&sim, &[&p]);
+}

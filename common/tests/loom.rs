@@ -484,14 +484,12 @@ fn new_binding(nmr: &MockNmr, side: usize) -> Shared<TestBinding> {
     shared
 }
 
-/// Sets the peer of a binding not yet shared with any other thread.
-///
-/// # Safety
-///
-/// No other reference to `binding` is alive.
-unsafe fn set_peer(binding: Shared<TestBinding>, peer_context: *mut c_void) {
-    // SAFETY: the caller guarantees the binding is live.
-    unsafe { binding.0.as_ref() }.publish_peer(peer_context, &TABLE);
+/// Publishes the peer of a binding (the attach path), before any thread
+/// calls through it.
+fn publish_peer(binding: Shared<TestBinding>, peer_context: *mut c_void) {
+    // SAFETY: the binding is live: the models free it only after the threads
+    // that use it started.
+    unsafe { binding.get() }.publish_peer(peer_context, &TABLE);
 }
 
 /// Reads a live binding's payload (loom checks it is ordered before the free).
@@ -568,8 +566,7 @@ fn binding_calls_vs_detach() {
     model(Some(5), || {
         let nmr = MockNmr::new(false);
         let binding = new_binding(&nmr, CLIENT);
-        // SAFETY: not shared yet.
-        unsafe { set_peer(binding, ptr::null_mut()) };
+        publish_peer(binding, ptr::null_mut());
         let detached = Arc::new(AtomicBool::new(false));
         let callers: Vec<_> = (0..2)
             .map(|i| {
@@ -613,8 +610,7 @@ fn binding_last_call_vs_detach() {
     model(None, || {
         let nmr = MockNmr::new(false);
         let binding = new_binding(&nmr, PROVIDER);
-        // SAFETY: not shared yet.
-        unsafe { set_peer(binding, ptr::null_mut()) };
+        publish_peer(binding, ptr::null_mut());
         // SAFETY: freed only after the joins.
         let b = unsafe { binding.get() };
         let held = b.acquire().expect("not detaching yet");
@@ -653,12 +649,9 @@ fn binding_both_sides_detach() {
         let nmr = MockNmr::new(true);
         let client = new_binding(&nmr, CLIENT);
         let provider = new_binding(&nmr, PROVIDER);
-        // SAFETY: neither binding is shared yet; each side's peer context is
-        // the other side's binding.
-        unsafe {
-            set_peer(client, provider.0.as_ptr().cast());
-            set_peer(provider, client.0.as_ptr().cast());
-        }
+        // Each side's peer context is the other side's binding.
+        publish_peer(client, provider.0.as_ptr().cast());
+        publish_peer(provider, client.0.as_ptr().cast());
         let mut callers = Vec::new();
         let mut detachers = Vec::new();
         for (side, binding) in [(CLIENT, client), (PROVIDER, provider)] {

@@ -11,7 +11,7 @@
 //!   └─declined─┴─> freed by the module itself (no detach, no cleanup)
 //! ```
 //!
-//! - Calls into the peer go through [`Binding::call`] or [`Binding::acquire`],
+//! - Calls into the peer go through [`Binding::acquire`],
 //!   which hand out a [`PeerCall`]: no guard, no peer. Once the detach callback
 //!   has run, both answer `None` (R9).
 //! - [`Binding::detach`] is the detach callback's body: it never blocks (R8).
@@ -34,20 +34,14 @@ use crate::rundown::{Drain, Rundown, RundownGuard, RundownOwner};
 use crate::sync::SpinLock;
 use crate::trace::{Event, Record};
 
-/// Which side of the binding this is: decides which completion is called.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    /// The NPI client: completes with `NmrClientDetachProviderComplete`.
-    Client,
-    /// The NPI provider: completes with `NmrProviderDetachClientComplete`.
-    Provider,
-}
-
 /// One side of one binding. `D` is the peer's dispatch table type, `T` the
 /// owner's per-binding data.
 pub struct Binding<N: Nmr, D: 'static, T> {
     nmr: N,
-    role: Role,
+    // This side's `Nmr*DetachComplete`. Named only by the side's own
+    // constructor, so a driver image never references (imports) the other
+    // side's completion.
+    complete: unsafe fn(&N, HANDLE),
     module: &'static str,
     handle: HANDLE,
     // Published once by `publish_peer` (the attach path), read by `acquire`.
@@ -91,19 +85,52 @@ pub fn try_box<T>(value: T) -> Result<Box<T>, T> {
 }
 
 impl<N: Nmr, D: 'static, T> Binding<N, D, T> {
-    /// A binding with no peer yet, and its rundown ready: calls can never
-    /// arrive before the rundown exists. `Err` gives `data` back when the heap
-    /// is exhausted.
-    pub fn new(
+    /// The client's side of a binding (its peer is a provider): a drain
+    /// completes with `NmrClientDetachProviderComplete`. No peer yet, and the
+    /// rundown ready: calls can never arrive before the rundown exists. `Err`
+    /// gives `data` back when the heap is exhausted.
+    pub fn for_client(
         nmr: N,
-        role: Role,
+        module: &'static str,
+        handle: HANDLE,
+        data: T,
+    ) -> Result<Box<Self>, T> {
+        Self::new(
+            nmr,
+            N::client_detach_provider_complete,
+            module,
+            handle,
+            data,
+        )
+    }
+
+    /// The provider's side of a binding (its peer is a client): a drain
+    /// completes with `NmrProviderDetachClientComplete`. As [`Binding::for_client`].
+    pub fn for_provider(
+        nmr: N,
+        module: &'static str,
+        handle: HANDLE,
+        data: T,
+    ) -> Result<Box<Self>, T> {
+        Self::new(
+            nmr,
+            N::provider_detach_client_complete,
+            module,
+            handle,
+            data,
+        )
+    }
+
+    fn new(
+        nmr: N,
+        complete: unsafe fn(&N, HANDLE),
         module: &'static str,
         handle: HANDLE,
         data: T,
     ) -> Result<Box<Self>, T> {
         try_box(Binding {
             nmr,
-            role,
+            complete,
             module,
             handle,
             peer_context: AtomicPtr::new(ptr::null_mut()),
@@ -148,6 +175,14 @@ impl<N: Nmr, D: 'static, T> Binding<N, D, T> {
 
     /// Counts one call into the peer, or `None` once detaching or when the peer
     /// gave no usable dispatch table.
+    ///
+    /// Dropping the last [`PeerCall`] of a detaching binding may free the
+    /// binding (the completion runs the cleanup inline). So no reference to
+    /// the binding that outlives the drop may exist: in particular, never drop
+    /// it inside a function that received the binding as `&Binding` (that
+    /// reference is live for the whole call). Take the reference locally from
+    /// a pointer, as [`BindingSet::for_each_call`] does, and let the call go
+    /// out of scope in the caller.
     pub fn acquire(&self) -> Option<PeerCall<'_, N, D, T>> {
         let dispatch = self.peer_dispatch.load(Ordering::Acquire);
         if dispatch.is_null() {
@@ -159,11 +194,6 @@ impl<N: Nmr, D: 'static, T> Binding<N, D, T> {
             dispatch: dispatch.cast(),
             context,
         })
-    }
-
-    /// Runs `f` with the peer while counted in flight; `None` once detaching.
-    pub fn call<R>(&self, f: impl FnOnce(&PeerCall<'_, N, D, T>) -> R) -> Option<R> {
-        self.acquire().map(|peer| f(&peer))
     }
 
     /// The detach callback's body: stops new calls and answers
@@ -242,7 +272,7 @@ unsafe impl<N: Nmr, D: 'static, T> RundownOwner for Binding<N, D, T> {
         let binding = unsafe { this.as_ref() };
         // Copy out everything: the completion call below may free the binding,
         // and the module's own memory may be freed right after it too.
-        let (nmr, role, handle) = (binding.nmr.clone(), binding.role, binding.handle);
+        let (nmr, complete, handle) = (binding.nmr.clone(), binding.complete, binding.handle);
         nmr.trace(&Record {
             module: binding.module,
             binding: Some(binding.id()),
@@ -253,12 +283,7 @@ unsafe impl<N: Nmr, D: 'static, T> RundownOwner for Binding<N, D, T> {
         // SAFETY: the detach callback answered PENDING and this is the one
         // drain report; `handle` is this side's binding handle. Nothing
         // touches the binding after this call.
-        unsafe {
-            match role {
-                Role::Client => nmr.client_detach_provider_complete(handle),
-                Role::Provider => nmr.provider_detach_client_complete(handle),
-            }
-        }
+        unsafe { complete(&nmr, handle) }
     }
 }
 

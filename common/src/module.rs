@@ -4,7 +4,6 @@
 use core::ffi::c_void;
 use core::sync::atomic::{AtomicI32, AtomicPtr, AtomicU8, Ordering};
 
-use crate::binding::Role;
 use crate::ffi::{HANDLE, NTSTATUS, STATUS_PENDING, STATUS_SUCCESS, nt_success};
 use crate::nmr::Nmr;
 use crate::trace::{Event, Record};
@@ -77,15 +76,42 @@ impl Registration {
         self.state.load(Ordering::Acquire) == REGISTERED
     }
 
+    /// Deregisters a client and waits, once: see [`Registration::unload_with`].
+    pub fn unload_client<N: Nmr>(&self, nmr: &N, module: &'static str) -> NTSTATUS {
+        self.unload_with(
+            nmr,
+            module,
+            N::deregister_client,
+            N::wait_for_client_deregister_complete,
+        )
+    }
+
+    /// Deregisters a provider and waits, once: see [`Registration::unload_with`].
+    pub fn unload_provider<N: Nmr>(&self, nmr: &N, module: &'static str) -> NTSTATUS {
+        self.unload_with(
+            nmr,
+            module,
+            N::deregister_provider,
+            N::wait_for_provider_deregister_complete,
+        )
+    }
+
     /// Deregisters and waits, once [< DISPATCH]: PENDING -> wait; SUCCESS ->
     /// already complete, no wait; failure -> traced, no wait (waiting on a
     /// failed deregistration could hang forever). Returns the final status;
     /// later calls do nothing and return it again (`STATUS_SUCCESS` for a
-    /// module that never registered).
+    /// module that never registered). The side's two functions are passed in
+    /// by its own wrapper, so a driver references only its own side's.
     ///
     /// One thread loads and unloads a module: not to be called concurrently
     /// with `register`.
-    pub fn unload<N: Nmr>(&self, nmr: &N, role: Role, module: &'static str) -> NTSTATUS {
+    fn unload_with<N: Nmr>(
+        &self,
+        nmr: &N,
+        module: &'static str,
+        deregister: unsafe fn(&N, HANDLE) -> NTSTATUS,
+        wait: unsafe fn(&N, HANDLE) -> NTSTATUS,
+    ) -> NTSTATUS {
         if self
             .state
             .compare_exchange(REGISTERED, UNLOADED, Ordering::AcqRel, Ordering::Acquire)
@@ -93,7 +119,33 @@ impl Registration {
         {
             return self.outcome.load(Ordering::Acquire);
         }
-        let status = self.deregister_and_wait(nmr, role, module);
+        let handle = self.handle.load(Ordering::Acquire);
+        // SAFETY: `handle` came from a successful registration of this side,
+        // and the state change above makes this the one deregistration.
+        let status = unsafe { deregister(nmr, handle) };
+        nmr.trace(&Record {
+            module,
+            binding: None,
+            event: Event::Deregister,
+            status,
+            detail: None,
+        });
+        let status = if status == STATUS_PENDING {
+            // SAFETY: `handle` was registered and has just been deregistered.
+            let waited = unsafe { wait(nmr, handle) };
+            nmr.trace(&Record {
+                module,
+                binding: None,
+                event: Event::WaitDone,
+                status: waited,
+                detail: None,
+            });
+            waited
+        } else {
+            // SUCCESS: already complete, nothing to wait for. A failure: traced
+            // above, and never waited on.
+            status
+        };
         self.outcome.store(status, Ordering::Release);
         nmr.trace(&Record {
             module,
@@ -103,45 +155,6 @@ impl Registration {
             detail: None,
         });
         status
-    }
-
-    fn deregister_and_wait<N: Nmr>(&self, nmr: &N, role: Role, module: &'static str) -> NTSTATUS {
-        let handle = self.handle.load(Ordering::Acquire);
-        // SAFETY: `handle` came from a successful registration and the state
-        // change above makes this the one deregistration.
-        let status = unsafe {
-            match role {
-                Role::Client => nmr.deregister_client(handle),
-                Role::Provider => nmr.deregister_provider(handle),
-            }
-        };
-        nmr.trace(&Record {
-            module,
-            binding: None,
-            event: Event::Deregister,
-            status,
-            detail: None,
-        });
-        if status != STATUS_PENDING {
-            // SUCCESS: already complete, nothing to wait for. A failure: traced
-            // above; never wait on it.
-            return status;
-        }
-        // SAFETY: `handle` was registered and has just been deregistered.
-        let waited = unsafe {
-            match role {
-                Role::Client => nmr.wait_for_client_deregister_complete(handle),
-                Role::Provider => nmr.wait_for_provider_deregister_complete(handle),
-            }
-        };
-        nmr.trace(&Record {
-            module,
-            binding: None,
-            event: Event::WaitDone,
-            status: waited,
-            detail: None,
-        });
-        waited
     }
 }
 

@@ -142,7 +142,6 @@ impl Rundown {
     }
 }
 
-#[cfg(not(loom))]
 impl Default for Rundown {
     fn default() -> Self {
         Self::new()

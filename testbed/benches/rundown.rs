@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use nmr_common::binding::{Binding, Role};
+use nmr_common::binding::Binding;
 use nmr_common::rundown::{Rundown, RundownGuard, RundownOwner};
 use nmr_common::sync::{FlagLock, SpinLock};
 use nmr_sim::Sim;
@@ -48,10 +48,9 @@ fn variants(c: &mut Criterion, group: &str, contend: bool) {
     let spin = Arc::new(SpinLock::<FlagLock, usize>::new(0));
     let mutex = Arc::new(Mutex::new(0usize));
     let sim = Sim::new(nmr_sim::Config::default());
-    let binding =
-        Binding::<Sim, Table, ()>::new(sim, Role::Client, "bench", std::ptr::null_mut(), ())
-            .ok()
-            .unwrap();
+    let binding = Binding::<Sim, Table, ()>::for_client(sim, "bench", std::ptr::null_mut(), ())
+        .ok()
+        .unwrap();
     binding.publish_peer(std::ptr::null_mut(), &TABLE);
     let binding = Arc::new(binding);
 
@@ -74,7 +73,9 @@ fn variants(c: &mut Criterion, group: &str, contend: bool) {
                 drop(arc.clone());
                 *spin.lock() += 1;
                 *mutex.lock().unwrap() += 1;
-                binding.call(|p| (p.dispatch().f)(1));
+                if let Some(p) = binding.acquire() {
+                    (p.dispatch().f)(1);
+                }
             }
         })
     });
@@ -93,7 +94,7 @@ fn variants(c: &mut Criterion, group: &str, contend: bool) {
         b.iter(|| black_box((black_box(&TABLE).f)(black_box(7))))
     });
     g.bench_function("binding_call", |b| {
-        b.iter(|| black_box(binding.call(|p| (p.dispatch().f)(black_box(7)))))
+        b.iter(|| black_box(binding.acquire().map(|p| (p.dispatch().f)(black_box(7)))))
     });
     g.bench_function("arc_clone", |b| b.iter(|| drop(black_box(arc.clone()))));
     g.bench_function("spinlock", |b| {

@@ -10,7 +10,7 @@ use core::ffi::c_void;
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use nmr_common::binding::{Binding, BindingSet, Role};
+use nmr_common::binding::{Binding, BindingSet};
 use nmr_common::ffi::*;
 use nmr_common::module::{ModuleBox, Registration, Unload};
 use nmr_common::nmr::Nmr;
@@ -295,8 +295,7 @@ impl<N: Nmr> ClientModule<N> {
 
 impl<N: Nmr> Unload for ClientModule<N> {
     fn unload(&self) -> NTSTATUS {
-        self.registration
-            .unload(&self.nmr, Role::Client, self.config.name)
+        self.registration.unload_client(&self.nmr, self.config.name)
     }
 }
 
@@ -344,13 +343,9 @@ unsafe extern "system" fn attach_provider<N: Nmr>(
         version,
         notifications: AtomicU64::new(0),
     };
-    let Ok(binding) = ProviderBinding::new(
-        module.nmr.clone(),
-        Role::Client,
-        module.config.name,
-        handle,
-        data,
-    ) else {
+    let Ok(binding) =
+        ProviderBinding::for_client(module.nmr.clone(), module.config.name, handle, data)
+    else {
         return module.decline(
             handle,
             STATUS_INSUFFICIENT_RESOURCES,

@@ -11,7 +11,7 @@ use core::ffi::c_void;
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use nmr_common::binding::{Binding, BindingSet, Role};
+use nmr_common::binding::{Binding, BindingSet};
 use nmr_common::ffi::*;
 use nmr_common::module::{ModuleBox, Registration, Unload};
 use nmr_common::nmr::Nmr;
@@ -265,7 +265,7 @@ impl<N: Nmr> ProviderModule<N> {
 impl<N: Nmr> Unload for ProviderModule<N> {
     fn unload(&self) -> NTSTATUS {
         self.registration
-            .unload(&self.nmr, Role::Provider, self.config.name)
+            .unload_provider(&self.nmr, self.config.name)
     }
 }
 
@@ -317,13 +317,9 @@ unsafe extern "system" fn attach_client<N: Nmr>(
     };
 
     let data = BindingData { module, version };
-    let Ok(binding) = ClientBinding::new(
-        module.nmr.clone(),
-        Role::Provider,
-        module.config.name,
-        handle,
-        data,
-    ) else {
+    let Ok(binding) =
+        ClientBinding::for_provider(module.nmr.clone(), module.config.name, handle, data)
+    else {
         return module.decline(
             handle,
             STATUS_INSUFFICIENT_RESOURCES,

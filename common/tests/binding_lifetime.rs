@@ -129,10 +129,8 @@ fn a_binding_with_nothing_in_flight_detaches_with_success() {
     // SAFETY: live.
     assert_eq!(unsafe { TestBinding::detach(binding) }, STATUS_SUCCESS);
     // SAFETY: live.
-    assert!(
-        unsafe { binding.as_ref() }.acquire().is_none(),
-        "no call once detaching"
-    );
+    let refused = unsafe { binding.as_ref() }.acquire().is_none();
+    assert!(refused, "no call once detaching");
     assert_eq!(nmr.0.completions.load(Ordering::Relaxed), 0);
     // SAFETY: the NMR's cleanup after a SUCCESS detach: nothing refers to it.
     unsafe { TestBinding::destroy(binding) };
@@ -181,4 +179,34 @@ fn releases_on_other_threads_free_the_binding_through_the_set() {
         }
         assert!(set.is_empty());
     }
+}
+
+#[test]
+fn an_unpublished_binding_is_never_callable() {
+    let nmr = FreeingNmr::default();
+    let binding = TestBinding::for_client(nmr, "misuse", ptr::null_mut(), 0)
+        .ok()
+        .unwrap();
+    assert!(binding.acquire().is_none(), "no peer table published yet");
+    binding.publish_peer(ptr::null_mut(), &TABLE);
+    assert!(binding.acquire().is_some());
+}
+
+#[test]
+fn a_second_detach_is_answered_pending_and_completes_nothing() {
+    let nmr = FreeingNmr::default();
+    let binding = NonNull::from(Box::leak(
+        TestBinding::for_client(nmr.clone(), "misuse", ptr::null_mut(), 0)
+            .ok()
+            .unwrap(),
+    ));
+    // SAFETY: live until the destroy below.
+    assert_eq!(unsafe { TestBinding::detach(binding) }, STATUS_SUCCESS);
+    // An NMR that calls detach twice breaks R7. SUCCESS again could let it
+    // free the binding under a completion still to come; PENDING never can.
+    // SAFETY: live.
+    assert_eq!(unsafe { TestBinding::detach(binding) }, STATUS_PENDING);
+    assert_eq!(nmr.0.completions.load(Ordering::Relaxed), 0);
+    // SAFETY: nothing refers to it any more.
+    unsafe { TestBinding::destroy(binding) };
 }

@@ -40,6 +40,8 @@ struct Gates {
 pub struct TestNmr {
     sim: Sim,
     gates: Arc<Gates>,
+    // A status the next `NmrDeregister*` returns instead of reaching the model.
+    fail_deregister: Arc<std::sync::atomic::AtomicI32>,
 }
 
 impl TestNmr {
@@ -48,7 +50,22 @@ impl TestNmr {
         TestNmr {
             sim,
             gates: Arc::default(),
+            fail_deregister: Arc::default(),
         }
+    }
+
+    /// Makes the next `NmrDeregister*` fail with `status` without reaching the
+    /// model (a deregistration failure the real NMR could report).
+    pub fn fail_next_deregister(&self, status: NTSTATUS) {
+        self.fail_deregister
+            .store(status, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn forced_deregister_failure(&self) -> Option<NTSTATUS> {
+        let status = self
+            .fail_deregister
+            .swap(0, std::sync::atomic::Ordering::SeqCst);
+        (status != 0).then_some(status)
     }
 
     /// The model.
@@ -89,6 +106,9 @@ impl Nmr for TestNmr {
         unsafe { self.sim.register_client(c, x, h) }
     }
     unsafe fn deregister_client(&self, h: HANDLE) -> NTSTATUS {
+        if let Some(status) = self.forced_deregister_failure() {
+            return status;
+        }
         // SAFETY: forwarded unchanged.
         unsafe { self.sim.deregister_client(h) }
     }
@@ -121,6 +141,9 @@ impl Nmr for TestNmr {
         unsafe { self.sim.register_provider(c, x, h) }
     }
     unsafe fn deregister_provider(&self, h: HANDLE) -> NTSTATUS {
+        if let Some(status) = self.forced_deregister_failure() {
+            return status;
+        }
         // SAFETY: forwarded unchanged.
         unsafe { self.sim.deregister_provider(h) }
     }

@@ -513,3 +513,38 @@ fn scenario_16_a_thousand_load_unload_cycles_with_calls_running() {
         "the incompatible client was declined"
     );
 }
+
+#[test]
+fn a_failed_deregistration_is_traced_never_waited_on_and_the_module_kept() {
+    let nmr = bed(Config::default());
+    let client = load_client(&nmr, client_config(0));
+    nmr.fail_next_deregister(STATUS_UNSUCCESSFUL);
+    assert_eq!(client.unload(), STATUS_UNSUCCESSFUL);
+    let events = module_events(&nmr, "nmr_client");
+    assert!(events.contains(&(Event::Deregister, STATUS_UNSUCCESSFUL)));
+    assert!(
+        !events.iter().any(|(e, _)| *e == Event::WaitDone),
+        "never wait on a failed deregistration"
+    );
+    assert!(events.contains(&(Event::Unload, STATUS_UNSUCCESSFUL)));
+    // Asked again (as dropping the module does), it still says it failed, so
+    // the module's memory, which the NMR may still use, is never freed.
+    assert_eq!(client.unload(), STATUS_UNSUCCESSFUL);
+    assert_eq!(
+        count(&nmr, "nmr_client", Event::Deregister),
+        1,
+        "deregistered once"
+    );
+    let line = nmr
+        .sim()
+        .events()
+        .into_iter()
+        .find(|e| e.module_event() == Some(Event::Deregister))
+        .unwrap();
+    assert_eq!(
+        line.to_string(),
+        "nmr_client: deregister binding=- status=STATUS_UNSUCCESSFUL"
+    );
+    // The module is leaked on purpose (it is still registered in the model).
+    std::mem::forget(client);
+}

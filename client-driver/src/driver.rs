@@ -1,12 +1,9 @@
 //! The Windows driver: `DriverEntry` and `DriverUnload` for the client, on
 //! the real NMR (`Netio`), through the shared shell.
 
-use core::ffi::c_void;
-use core::sync::atomic::AtomicPtr;
-
 use nmr_common::ffi::NTSTATUS;
 use nmr_common::nmr::Netio;
-use nmr_shell::{DriverModule, DriverObject};
+use nmr_shell::DriverModule;
 
 use nmr_client_module::client::{Client, ClientConfig, ClientModule, NAME};
 
@@ -29,28 +26,4 @@ impl DriverModule for ClientDriver {
     }
 }
 
-static LOADED: AtomicPtr<c_void> = AtomicPtr::new(core::ptr::null_mut());
-
-/// `DriverEntry`.
-///
-/// # Safety
-///
-/// Called by the I/O manager at PASSIVE with this image's driver object.
-#[unsafe(export_name = "DriverEntry")]
-pub unsafe extern "system" fn driver_entry(
-    driver: *mut DriverObject,
-    _registry_path: *const c_void,
-) -> NTSTATUS {
-    // SAFETY: forwarded from the system.
-    unsafe { nmr_shell::driver_entry::<ClientDriver>(driver, &LOADED, driver_unload) }
-}
-
-/// `DriverUnload`.
-///
-/// # Safety
-///
-/// Called by the I/O manager at PASSIVE, once, after a successful DriverEntry.
-unsafe extern "C" fn driver_unload(_driver: *mut DriverObject) {
-    // SAFETY: forwarded from the system.
-    unsafe { nmr_shell::driver_unload::<ClientDriver>(&LOADED) }
-}
+nmr_shell::driver_entry_points!(ClientDriver);

@@ -261,6 +261,24 @@ impl<N: Nmr, D: 'static, T> Binding<N, D, T> {
     }
 }
 
+/// The detach callback of either side (`ClientDetachProvider` /
+/// `ProviderDetachClient`) [<= DISPATCH]: [`Binding::detach`] on the binding
+/// context. Never blocks.
+///
+/// # Safety
+///
+/// Called by the NMR with a binding context that is a live `Binding<N, D, T>`
+/// made by this module's attach callback.
+pub unsafe extern "system" fn detach_callback<N: Nmr, D: 'static, T>(
+    context: *mut c_void,
+) -> NTSTATUS {
+    match NonNull::new(context.cast::<Binding<N, D, T>>()) {
+        // SAFETY: see the function's contract; `detach` touches nothing after the drain.
+        Some(binding) => unsafe { Binding::detach(binding) },
+        None => crate::ffi::STATUS_INVALID_PARAMETER,
+    }
+}
+
 // SAFETY: `rundown` returns the field of `self`.
 unsafe impl<N: Nmr, D: 'static, T> RundownOwner for Binding<N, D, T> {
     fn rundown(&self) -> &Rundown {

@@ -17,6 +17,7 @@
 extern crate alloc;
 
 pub mod binding;
+pub mod counters;
 pub mod ffi;
 pub mod module;
 pub mod nmr;

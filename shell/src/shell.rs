@@ -156,3 +156,38 @@ pub unsafe fn driver_unload<M: DriverModule>(slot: &AtomicPtr<c_void>) {
     drop(unsafe { Box::from_raw(loaded) });
     let _ = status;
 }
+
+/// Defines the driver image's `DriverEntry` and `DriverUnload` for a
+/// [`DriverModule`], through [`driver_entry`] and [`driver_unload`], with the
+/// one static that links them.
+#[macro_export]
+macro_rules! driver_entry_points {
+    ($module:ty) => {
+        static LOADED: ::core::sync::atomic::AtomicPtr<::core::ffi::c_void> =
+            ::core::sync::atomic::AtomicPtr::new(::core::ptr::null_mut());
+
+        /// `DriverEntry`.
+        ///
+        /// # Safety
+        ///
+        /// Called by the I/O manager at PASSIVE with this image's driver object.
+        #[unsafe(export_name = "DriverEntry")]
+        pub unsafe extern "system" fn driver_entry(
+            driver: *mut $crate::DriverObject,
+            _registry_path: *const ::core::ffi::c_void,
+        ) -> ::nmr_common::ffi::NTSTATUS {
+            // SAFETY: forwarded from the system.
+            unsafe { $crate::driver_entry::<$module>(driver, &LOADED, driver_unload) }
+        }
+
+        /// `DriverUnload`.
+        ///
+        /// # Safety
+        ///
+        /// Called by the I/O manager at PASSIVE, once, after a successful DriverEntry.
+        unsafe extern "C" fn driver_unload(_driver: *mut $crate::DriverObject) {
+            // SAFETY: forwarded from the system.
+            unsafe { $crate::driver_unload::<$module>(&LOADED) }
+        }
+    };
+}

@@ -42,7 +42,12 @@ pub struct TestNmr {
     gates: Arc<Gates>,
     // A status the next `NmrDeregister*` returns instead of reaching the model.
     fail_deregister: Arc<std::sync::atomic::AtomicI32>,
+    // Called with every trace record, after the model has logged it.
+    observer: Arc<Mutex<Option<TraceObserver>>>,
 }
+
+/// A function that sees every trace line a module emits.
+pub type TraceObserver = Box<dyn Fn(&Record<'_>) + Send + Sync>;
 
 impl TestNmr {
     /// Wraps a model.
@@ -51,7 +56,15 @@ impl TestNmr {
             sim,
             gates: Arc::default(),
             fail_deregister: Arc::default(),
+            observer: Arc::default(),
         }
+    }
+
+    /// Calls `observer` with every trace record, on the emitting thread,
+    /// after the model has logged it (for tests that act at a precise point
+    /// of a module's callback).
+    pub fn observe_traces(&self, observer: TraceObserver) {
+        *self.observer.lock().unwrap() = Some(observer);
     }
 
     /// Makes the next `NmrDeregister*` fail with `status` without reaching the
@@ -157,6 +170,9 @@ impl Nmr for TestNmr {
     }
     fn trace(&self, record: &Record<'_>) {
         self.sim.trace(record);
+        if let Some(observer) = &*self.observer.lock().unwrap() {
+            observer(record);
+        }
     }
     fn delay(&self, micros: u32) {
         nmr_sim::irql::assert_can_block("a module's delay");

@@ -428,12 +428,12 @@ fn run_phase(
         match m {
             Module::Client(c) => {
                 let k = c.counts();
-                add_client(&mut report.client, &k);
+                report.client.add(&k);
                 report.leaked_bindings += k.attached - k.cleaned_up + c.binding_count() as u64;
             }
             Module::Provider(p) => {
                 let k = p.counts();
-                add_provider(&mut report.provider, &k);
+                report.provider.add(&k);
                 report.leaked_bindings += k.attached - k.cleaned_up + p.binding_count() as u64;
             }
         }
@@ -496,28 +496,6 @@ fn worker(slots: &[Slot], stop: &AtomicBool, seed: u64) {
             }
         }
     }
-}
-
-fn add_client(sum: &mut ClientCounts, k: &ClientCounts) {
-    sum.offered += k.offered;
-    sum.attached += k.attached;
-    sum.declined += k.declined;
-    sum.cleaned_up += k.cleaned_up;
-    sum.calls += k.calls;
-    sum.verified += k.verified;
-    sum.mismatched += k.mismatched;
-    sum.refused += k.refused;
-    sum.notifications += k.notifications;
-}
-
-fn add_provider(sum: &mut ProviderCounts, k: &ProviderCounts) {
-    sum.offered += k.offered;
-    sum.attached += k.attached;
-    sum.declined += k.declined;
-    sum.cleaned_up += k.cleaned_up;
-    sum.served += k.served;
-    sum.notifications += k.notifications;
-    sum.refused += k.refused;
 }
 
 fn add_nmr(sum: &mut nmr_sim::Stats, k: &nmr_sim::Stats) {

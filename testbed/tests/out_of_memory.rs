@@ -1,39 +1,31 @@
 //! Out of memory: an attach whose binding cannot be allocated declines with
 //! `STATUS_INSUFFICIENT_RESOURCES`, frees what it took, and leaves no binding
 //! behind; a module that cannot be allocated fails to load. The allocator of
-//! this test binary fails, once, the next allocation of a chosen size made on
-//! the test's own thread (attach callbacks run inline on the registering
-//! thread).
+//! this test binary fails, when armed, the next allocation made on the arming
+//! thread. It is armed by a trace observer at the module's `attach-offered`
+//! line, after which the binding is the attach callback's first allocation.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
-use nmr_client_module::client::{ClientModule, ProviderBinding};
+use nmr_client_module::client::ClientModule;
 use nmr_common::ffi::*;
 use nmr_common::trace::Event;
-use nmr_provider_module::provider::{ClientBinding, ProviderModule};
+use nmr_provider_module::provider::ProviderModule;
 use nmr_sim::{Config, LogEntry, Sim};
 use testbed::*;
 
 thread_local! {
-    static FAIL_NEXT_OF_SIZE: Cell<usize> = const { Cell::new(0) };
+    static FAIL_NEXT: Cell<bool> = const { Cell::new(false) };
 }
 
 struct FailingOnce;
 
 // SAFETY: forwards to the system allocator, except that it returns null (a
-// legal answer) for one chosen allocation.
+// legal answer) for the one allocation it was armed for.
 unsafe impl GlobalAlloc for FailingOnce {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let fail = FAIL_NEXT_OF_SIZE.try_with(|f| {
-            if f.get() != 0 && f.get() == layout.size() {
-                f.set(0);
-                true
-            } else {
-                false
-            }
-        });
-        if fail == Ok(true) {
+        if FAIL_NEXT.try_with(|f| f.replace(false)) == Ok(true) {
             return std::ptr::null_mut();
         }
         // SAFETY: forwarded.
@@ -48,13 +40,27 @@ unsafe impl GlobalAlloc for FailingOnce {
 #[global_allocator]
 static ALLOCATOR: FailingOnce = FailingOnce;
 
-fn fail_next_allocation_of(size: usize) {
-    FAIL_NEXT_OF_SIZE.with(|f| f.set(size));
+fn fail_next_allocation() {
+    FAIL_NEXT.with(|f| f.set(true));
+}
+
+fn armed() -> bool {
+    FAIL_NEXT.with(Cell::get)
+}
+
+/// Fails the first allocation `module` makes after it traces `attach-offered`.
+fn fail_binding_allocation_of(nmr: &TestNmr, module: &'static str) {
+    nmr.observe_traces(Box::new(move |record| {
+        if record.module == module && record.event == Event::AttachOffered {
+            fail_next_allocation();
+        }
+    }));
 }
 
 fn declined_with(nmr: &TestNmr, module: &str, status: NTSTATUS) -> bool {
     nmr.sim().events().iter().any(|e| {
-        matches!(e, LogEntry::Module { event: Event::AttachDeclined, module: m, status: s, .. } if *m == module && *s == status)
+        matches!(e, LogEntry::Module { event: Event::AttachDeclined, module: m, status: s, .. }
+            if *m == module && *s == status)
     })
 }
 
@@ -62,13 +68,10 @@ fn declined_with(nmr: &TestNmr, module: &str, status: NTSTATUS) -> bool {
 fn client_out_of_memory_for_its_binding_declines_before_attaching() {
     let nmr = TestNmr::new(Sim::new(Config::default()));
     let provider = load_provider(&nmr, provider_config(0));
-    fail_next_allocation_of(size_of::<ProviderBinding<TestNmr>>());
+    fail_binding_allocation_of(&nmr, "nmr_client");
     let client = load_client(&nmr, client_config(0));
-    assert_eq!(
-        FAIL_NEXT_OF_SIZE.with(Cell::get),
-        0,
-        "the binding allocation was attempted and failed"
-    );
+    nmr.observe_traces(Box::new(|_| {}));
+    assert!(!armed(), "the binding allocation was attempted and failed");
     assert!(declined_with(
         &nmr,
         "nmr_client",
@@ -94,9 +97,10 @@ fn client_out_of_memory_for_its_binding_declines_before_attaching() {
 fn provider_out_of_memory_for_its_binding_declines_and_the_client_frees_its_own() {
     let nmr = TestNmr::new(Sim::new(Config::default()));
     let provider = load_provider(&nmr, provider_config(0));
-    fail_next_allocation_of(size_of::<ClientBinding<TestNmr>>());
+    fail_binding_allocation_of(&nmr, "nmr_provider");
     let client = load_client(&nmr, client_config(0));
-    assert_eq!(FAIL_NEXT_OF_SIZE.with(Cell::get), 0);
+    nmr.observe_traces(Box::new(|_| {}));
+    assert!(!armed(), "the binding allocation was attempted and failed");
     assert!(declined_with(
         &nmr,
         "nmr_provider",
@@ -104,7 +108,7 @@ fn provider_out_of_memory_for_its_binding_declines_and_the_client_frees_its_own(
     ));
     assert!(
         declined_with(&nmr, "nmr_client", STATUS_INSUFFICIENT_RESOURCES),
-        "the client returns the provider's status"
+        "the client returns the provider's status and frees its own context"
     );
     assert_eq!(
         (client.counts().declined, provider.counts().declined),
@@ -117,7 +121,7 @@ fn provider_out_of_memory_for_its_binding_declines_and_the_client_frees_its_own(
     assert_eq!(
         (s.client_cleanups, s.provider_cleanups),
         (0, 0),
-        "a failed attach is never cleaned up by the NMR"
+        "a failed attach is never cleaned up"
     );
     assert!(nmr.sim().violations().is_empty());
 }
@@ -125,11 +129,13 @@ fn provider_out_of_memory_for_its_binding_declines_and_the_client_frees_its_own(
 #[test]
 fn a_module_that_cannot_be_allocated_fails_to_load() {
     let nmr = TestNmr::new(Sim::new(Config::default()));
-    fail_next_allocation_of(size_of::<ClientModule<TestNmr>>());
-    let status = ClientModule::load(nmr.clone(), client_config(0)).err();
+    let (client, provider) = (client_config(0), provider_config(0));
+    // The module is `load`'s first allocation.
+    fail_next_allocation();
+    let status = ClientModule::load(nmr.clone(), client).err();
     assert_eq!(status, Some(STATUS_INSUFFICIENT_RESOURCES));
-    fail_next_allocation_of(size_of::<ProviderModule<TestNmr>>());
-    let status = ProviderModule::load(nmr.clone(), provider_config(0)).err();
+    fail_next_allocation();
+    let status = ProviderModule::load(nmr.clone(), provider).err();
     assert_eq!(status, Some(STATUS_INSUFFICIENT_RESOURCES));
     assert_eq!(nmr.sim().live_registrations(), 0, "nothing was registered");
 }

@@ -10,7 +10,7 @@ use core::ffi::c_void;
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use nmr_common::binding::{Binding, BindingSet};
+use nmr_common::binding::{Binding, BindingSet, detach_callback};
 use nmr_common::ffi::*;
 use nmr_common::module::{ModuleBox, Registration, Unload};
 use nmr_common::nmr::Nmr;
@@ -50,50 +50,28 @@ impl Default for ClientConfig {
     }
 }
 
-/// Counters of one client module (monotonic).
-#[derive(Debug, Default)]
-pub struct ClientStats {
-    /// Providers offered by the NMR.
-    pub offered: AtomicU64,
-    /// Bindings made.
-    pub attached: AtomicU64,
-    /// Providers declined (versions, dispatch, module id) or failed attaches.
-    pub declined: AtomicU64,
-    /// Bindings cleaned up (freed).
-    pub cleaned_up: AtomicU64,
-    /// `checksum` calls made.
-    pub calls: AtomicU64,
-    /// Calls whose answer matched our own checksum.
-    pub verified: AtomicU64,
-    /// Calls that failed or answered wrong.
-    pub mismatched: AtomicU64,
-    /// Bindings skipped because they were detaching.
-    pub refused: AtomicU64,
-    /// `notify` calls received.
-    pub notifications: AtomicU64,
-}
-
-/// A snapshot of [`ClientStats`].
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct ClientCounts {
-    /// See [`ClientStats::offered`].
-    pub offered: u64,
-    /// See [`ClientStats::attached`].
-    pub attached: u64,
-    /// See [`ClientStats::declined`].
-    pub declined: u64,
-    /// See [`ClientStats::cleaned_up`].
-    pub cleaned_up: u64,
-    /// See [`ClientStats::calls`].
-    pub calls: u64,
-    /// See [`ClientStats::verified`].
-    pub verified: u64,
-    /// See [`ClientStats::mismatched`].
-    pub mismatched: u64,
-    /// See [`ClientStats::refused`].
-    pub refused: u64,
-    /// See [`ClientStats::notifications`].
-    pub notifications: u64,
+nmr_common::counters! {
+    /// Counters of one client module (monotonic).
+    pub struct ClientStats => ClientCounts {
+        /// Providers offered by the NMR.
+        offered,
+        /// Bindings made.
+        attached,
+        /// Providers declined (versions, dispatch, module id) or failed attaches.
+        declined,
+        /// Bindings cleaned up (freed).
+        cleaned_up,
+        /// `checksum` calls made.
+        calls,
+        /// Calls whose answer matched our own checksum.
+        verified,
+        /// Calls that failed or answered wrong.
+        mismatched,
+        /// Bindings skipped because they were detaching.
+        refused,
+        /// `notify` calls received.
+        notifications,
+    }
 }
 
 /// The client's side of one binding: the provider is the peer.
@@ -157,7 +135,7 @@ impl<N: Nmr> ClientModule<N> {
                 Version: 0,
                 Length: size_of::<NPI_CLIENT_CHARACTERISTICS>() as u16,
                 ClientAttachProvider: Some(attach_provider::<N>),
-                ClientDetachProvider: Some(detach_provider::<N>),
+                ClientDetachProvider: Some(detach_callback::<N, ProviderDispatch, BindingData<N>>),
                 ClientCleanupBindingContext: Some(cleanup_binding::<N>),
                 ClientRegistrationInstance: NPI_REGISTRATION_INSTANCE {
                     Version: 0,
@@ -251,18 +229,7 @@ impl<N: Nmr> ClientModule<N> {
 
     /// A snapshot of the counters.
     pub fn counts(&self) -> ClientCounts {
-        let s = &self.stats;
-        ClientCounts {
-            offered: s.offered.load(Relaxed),
-            attached: s.attached.load(Relaxed),
-            declined: s.declined.load(Relaxed),
-            cleaned_up: s.cleaned_up.load(Relaxed),
-            calls: s.calls.load(Relaxed),
-            verified: s.verified.load(Relaxed),
-            mismatched: s.mismatched.load(Relaxed),
-            refused: s.refused.load(Relaxed),
-            notifications: s.notifications.load(Relaxed),
-        }
+        self.stats.snapshot()
     }
 
     fn trace(
@@ -408,19 +375,6 @@ unsafe extern "system" fn attach_provider<N: Nmr>(
         Some(format_args!("nmr-handle={handle:p} version={version}")),
     );
     status
-}
-
-/// `ClientDetachProvider` [<= DISPATCH]: never blocks.
-///
-/// # Safety
-///
-/// Called by the NMR with a binding context that `attach_provider` made.
-unsafe extern "system" fn detach_provider<N: Nmr>(context: *mut c_void) -> NTSTATUS {
-    let Some(binding) = NonNull::new(context.cast::<ProviderBinding<N>>()) else {
-        return STATUS_INVALID_PARAMETER;
-    };
-    // SAFETY: a live binding of ours; `detach` touches nothing after the drain.
-    unsafe { ProviderBinding::detach(binding) }
 }
 
 /// `ClientCleanupBindingContext` [<= DISPATCH]: unlinks and frees.

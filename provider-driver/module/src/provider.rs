@@ -9,9 +9,9 @@ use alloc::boxed::Box;
 use core::cell::UnsafeCell;
 use core::ffi::c_void;
 use core::ptr::{self, NonNull};
-use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use core::sync::atomic::Ordering::Relaxed;
 
-use nmr_common::binding::{Binding, BindingSet};
+use nmr_common::binding::{Binding, BindingSet, detach_callback};
 use nmr_common::ffi::*;
 use nmr_common::module::{ModuleBox, Registration, Unload};
 use nmr_common::nmr::Nmr;
@@ -51,42 +51,24 @@ impl Default for ProviderConfig {
     }
 }
 
-/// Counters of one provider module (monotonic).
-#[derive(Debug, Default)]
-pub struct ProviderStats {
-    /// Clients offered by the NMR.
-    pub offered: AtomicU64,
-    /// Bindings made.
-    pub attached: AtomicU64,
-    /// Clients declined.
-    pub declined: AtomicU64,
-    /// Bindings cleaned up (freed).
-    pub cleaned_up: AtomicU64,
-    /// `checksum` and `get_info` calls served.
-    pub served: AtomicU64,
-    /// `notify` calls made.
-    pub notifications: AtomicU64,
-    /// Bindings skipped by the notifier because they were detaching.
-    pub refused: AtomicU64,
-}
-
-/// A snapshot of [`ProviderStats`].
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct ProviderCounts {
-    /// See [`ProviderStats::offered`].
-    pub offered: u64,
-    /// See [`ProviderStats::attached`].
-    pub attached: u64,
-    /// See [`ProviderStats::declined`].
-    pub declined: u64,
-    /// See [`ProviderStats::cleaned_up`].
-    pub cleaned_up: u64,
-    /// See [`ProviderStats::served`].
-    pub served: u64,
-    /// See [`ProviderStats::notifications`].
-    pub notifications: u64,
-    /// See [`ProviderStats::refused`].
-    pub refused: u64,
+nmr_common::counters! {
+    /// Counters of one provider module (monotonic).
+    pub struct ProviderStats => ProviderCounts {
+        /// Clients offered by the NMR.
+        offered,
+        /// Bindings made.
+        attached,
+        /// Clients declined.
+        declined,
+        /// Bindings cleaned up (freed).
+        cleaned_up,
+        /// `checksum` and `get_info` calls served.
+        served,
+        /// `notify` calls made.
+        notifications,
+        /// Bindings skipped by the notifier because they were detaching.
+        refused,
+    }
 }
 
 /// The provider's side of one binding: the client is the peer.
@@ -149,7 +131,7 @@ impl<N: Nmr> ProviderModule<N> {
                 Version: 0,
                 Length: size_of::<NPI_PROVIDER_CHARACTERISTICS>() as u16,
                 ProviderAttachClient: Some(attach_client::<N>),
-                ProviderDetachClient: Some(detach_client::<N>),
+                ProviderDetachClient: Some(detach_callback::<N, ClientDispatch, BindingData<N>>),
                 ProviderCleanupBindingContext: Some(cleanup_binding::<N>),
                 ProviderRegistrationInstance: NPI_REGISTRATION_INSTANCE {
                     Version: 0,
@@ -222,16 +204,7 @@ impl<N: Nmr> ProviderModule<N> {
 
     /// A snapshot of the counters.
     pub fn counts(&self) -> ProviderCounts {
-        let s = &self.stats;
-        ProviderCounts {
-            offered: s.offered.load(Relaxed),
-            attached: s.attached.load(Relaxed),
-            declined: s.declined.load(Relaxed),
-            cleaned_up: s.cleaned_up.load(Relaxed),
-            served: s.served.load(Relaxed),
-            notifications: s.notifications.load(Relaxed),
-            refused: s.refused.load(Relaxed),
-        }
+        self.stats.snapshot()
     }
 
     fn trace(
@@ -354,19 +327,6 @@ unsafe extern "system" fn attach_client<N: Nmr>(
         Some(format_args!("nmr-handle={handle:p} version={version}")),
     );
     STATUS_SUCCESS
-}
-
-/// `ProviderDetachClient` [<= DISPATCH]: never blocks.
-///
-/// # Safety
-///
-/// Called by the NMR with a binding context that `attach_client` made.
-unsafe extern "system" fn detach_client<N: Nmr>(context: *mut c_void) -> NTSTATUS {
-    let Some(binding) = NonNull::new(context.cast::<ClientBinding<N>>()) else {
-        return STATUS_INVALID_PARAMETER;
-    };
-    // SAFETY: a live binding of ours; `detach` touches nothing after the drain.
-    unsafe { ClientBinding::detach(binding) }
 }
 
 /// `ProviderCleanupBindingContext` [<= DISPATCH]: unlinks and frees.

@@ -20,6 +20,11 @@ pub enum Delivery {
     /// A model worker thread (one per [`crate::Sim`]); `NmrDeregister*`
     /// returns at once. [`crate::Sim::quiesce`] waits for it to be idle.
     Worker,
+    /// As [`Delivery::Worker`], and the two detach callbacks of each binding
+    /// run at the same moment on two threads (R7: they may run on different
+    /// threads, in any order). The detach order then only says which one is
+    /// started first.
+    Parallel,
 }
 
 /// What the model does when a module breaks the contract.
@@ -71,7 +76,7 @@ impl Default for Config {
 
 impl Config {
     /// Every detach order (client first, provider first, and random with three
-    /// seeds) with every delivery: ten configurations for tests to loop over.
+    /// seeds) with every delivery: fifteen configurations for tests to loop over.
     pub fn all_orders() -> Vec<Config> {
         let orders = [
             (DetachOrder::ClientFirst, 0),
@@ -81,7 +86,7 @@ impl Config {
             (DetachOrder::Random, 3),
         ];
         let mut all = Vec::new();
-        for delivery in [Delivery::Inline, Delivery::Worker] {
+        for delivery in [Delivery::Inline, Delivery::Worker, Delivery::Parallel] {
             for (detach_order, seed) in orders {
                 all.push(Config {
                     detach_order,

@@ -476,10 +476,11 @@ impl Drop for Entry<'_> {
 }
 
 impl Sim {
-    /// A new model with `config`. With [`Delivery::Worker`] it starts its
+    /// A new model with `config`. With [`Delivery::Worker`] or
+    /// [`Delivery::Parallel`] it starts its
     /// delivery thread.
     pub fn new(config: Config) -> Sim {
-        let queue = (config.delivery == Delivery::Worker).then(|| Arc::new(Queue::default()));
+        let queue = (config.delivery != Delivery::Inline).then(|| Arc::new(Queue::default()));
         let state = State {
             next_handle: HANDLE_BASE,
             regs: BTreeMap::new(),
@@ -1065,8 +1066,20 @@ impl Sim {
     }
 
     fn run_detach(&self, id: usize, first: Side) {
-        self.detach_side(id, first);
-        self.detach_side(id, first.other());
+        if self.inner.config.delivery == Delivery::Parallel {
+            // The other side on a thread of its own while this one runs
+            // `first`: the two callbacks overlap. That thread delivers too.
+            std::thread::scope(|s| {
+                s.spawn(|| {
+                    WORKER.with(|w| w.set(true));
+                    self.detach_side(id, first.other());
+                });
+                self.detach_side(id, first);
+            });
+        } else {
+            self.detach_side(id, first);
+            self.detach_side(id, first.other());
+        }
     }
 
     /// Calls one side's detach callback and records its answer.

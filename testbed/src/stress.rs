@@ -271,12 +271,10 @@ pub fn run(config: &StressConfig, progress: &(dyn Fn(u64) + Sync)) -> Report {
                 DetachOrder::Random,
                 DetachOrder::ClientFirst,
                 DetachOrder::ProviderFirst,
-            ][(phase % 3) as usize],
-            delivery: if phase % 2 == 0 {
-                Delivery::Inline
-            } else {
-                Delivery::Worker
-            },
+            ][(phase / 3 % 3) as usize],
+            // Every delivery with every order, over nine phases.
+            delivery: [Delivery::Inline, Delivery::Worker, Delivery::Parallel]
+                [(phase % 3) as usize],
             seed: rng.u64(..),
             detach_at_dispatch: true,
             policy: Policy::Record,

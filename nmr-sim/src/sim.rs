@@ -907,7 +907,7 @@ impl Sim {
         };
         // SAFETY: checked non-null; the caller gives a writable HANDLE. It is
         // written before any attach callback runs, so a module may use it there.
-        unsafe { *handle_out = handle as HANDLE };
+        unsafe { *handle_out = std::ptr::without_provenance_mut(handle) };
         for id in offers {
             self.attach(id);
         }
@@ -950,7 +950,13 @@ impl Sim {
             // SAFETY: the client registered this callback and context and keeps
             // them valid until its wait returns; the provider's instance is
             // valid likewise, and the binding handle is the client's own.
-            unsafe { f(id as HANDLE, context.0, provider_instance.0) }
+            unsafe {
+                f(
+                    std::ptr::without_provenance_mut(id),
+                    context.0,
+                    provider_instance.0,
+                )
+            }
         });
 
         let mut violation = None;
@@ -1473,7 +1479,7 @@ impl Nmr for Sim {
             // out pointers are this frame's locals.
             unsafe {
                 f(
-                    provider_handle as HANDLE,
+                    std::ptr::without_provenance_mut(provider_handle),
                     provider_context.0,
                     client_instance.0,
                     client_binding_context,

@@ -262,7 +262,7 @@ impl<N: Nmr, D: 'static, T> Binding<N, D, T> {
 }
 
 /// The detach callback of either side (`ClientDetachProvider` /
-/// `ProviderDetachClient`) [<= DISPATCH]: [`Binding::detach`] on the binding
+/// `ProviderDetachClient`) (<= DISPATCH): [`Binding::detach`] on the binding
 /// context. Never blocks.
 ///
 /// # Safety

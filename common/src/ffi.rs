@@ -233,7 +233,7 @@ pub struct NPI_PROVIDER_CHARACTERISTICS {
 /// With the `raw-dylib` feature they are imported straight from `NETIO.SYS`
 /// (no import library needed: the Linux cross-build); without it through the
 /// WDK's `netio.lib`.
-#[cfg(target_os = "windows")]
+#[cfg(all(target_os = "windows", feature = "kernel"))]
 pub mod netio {
     use super::*;
 
@@ -243,17 +243,17 @@ pub mod netio {
     )]
     #[cfg_attr(not(feature = "raw-dylib"), link(name = "netio"))]
     unsafe extern "system" {
-        /// [PASSIVE] Registers a client; attach callbacks may run before it returns.
+        /// (PASSIVE) Registers a client; attach callbacks may run before it returns.
         pub fn NmrRegisterClient(
             ClientCharacteristics: *const NPI_CLIENT_CHARACTERISTICS,
             ClientContext: *mut c_void,
             NmrClientHandle: *mut HANDLE,
         ) -> NTSTATUS;
-        /// [<= DISPATCH] Starts deregistration of a client.
+        /// (<= DISPATCH) Starts deregistration of a client.
         pub fn NmrDeregisterClient(NmrClientHandle: HANDLE) -> NTSTATUS;
-        /// [< DISPATCH] Waits until every binding of the client is cleaned up.
+        /// (< DISPATCH) Waits until every binding of the client is cleaned up.
         pub fn NmrWaitForClientDeregisterComplete(NmrClientHandle: HANDLE) -> NTSTATUS;
-        /// [PASSIVE] Inside `ClientAttachProvider` only: attaches to the provider.
+        /// (PASSIVE) Inside `ClientAttachProvider` only: attaches to the provider.
         pub fn NmrClientAttachProvider(
             NmrBindingHandle: HANDLE,
             ClientBindingContext: *mut c_void,
@@ -261,19 +261,19 @@ pub mod netio {
             ProviderBindingContext: *mut *mut c_void,
             ProviderDispatch: *mut *const c_void,
         ) -> NTSTATUS;
-        /// [<= DISPATCH] Completes a client detach that returned `STATUS_PENDING`.
+        /// (<= DISPATCH) Completes a client detach that returned `STATUS_PENDING`.
         pub fn NmrClientDetachProviderComplete(NmrBindingHandle: HANDLE);
-        /// [PASSIVE] Registers a provider; attach callbacks may run before it returns.
+        /// (PASSIVE) Registers a provider; attach callbacks may run before it returns.
         pub fn NmrRegisterProvider(
             ProviderCharacteristics: *const NPI_PROVIDER_CHARACTERISTICS,
             ProviderContext: *mut c_void,
             NmrProviderHandle: *mut HANDLE,
         ) -> NTSTATUS;
-        /// [<= DISPATCH] Starts deregistration of a provider.
+        /// (<= DISPATCH) Starts deregistration of a provider.
         pub fn NmrDeregisterProvider(NmrProviderHandle: HANDLE) -> NTSTATUS;
-        /// [< DISPATCH] Waits until every binding of the provider is cleaned up.
+        /// (< DISPATCH) Waits until every binding of the provider is cleaned up.
         pub fn NmrWaitForProviderDeregisterComplete(NmrProviderHandle: HANDLE) -> NTSTATUS;
-        /// [<= DISPATCH] Completes a provider detach that returned `STATUS_PENDING`.
+        /// (<= DISPATCH) Completes a provider detach that returned `STATUS_PENDING`.
         pub fn NmrProviderDetachClientComplete(NmrBindingHandle: HANDLE);
     }
 }

@@ -76,7 +76,14 @@ impl Registration {
         self.state.load(Ordering::Acquire) == REGISTERED
     }
 
-    /// Deregisters a client and waits, once: see [`Registration::unload_with`].
+    /// Deregisters a client and waits, once (< DISPATCH): PENDING -> wait;
+    /// SUCCESS -> already complete, no wait; failure -> traced, no wait
+    /// (waiting on a failed deregistration could hang forever). Returns the
+    /// final status; later calls do nothing and return it again
+    /// (`STATUS_SUCCESS` for a module that never registered).
+    ///
+    /// One thread loads and unloads a module: not to be called concurrently
+    /// with `register`.
     pub fn unload_client<N: Nmr>(&self, nmr: &N, module: &'static str) -> NTSTATUS {
         self.unload_with(
             nmr,
@@ -86,7 +93,7 @@ impl Registration {
         )
     }
 
-    /// Deregisters a provider and waits, once: see [`Registration::unload_with`].
+    /// As [`Registration::unload_client`], for a provider.
     pub fn unload_provider<N: Nmr>(&self, nmr: &N, module: &'static str) -> NTSTATUS {
         self.unload_with(
             nmr,
@@ -96,15 +103,8 @@ impl Registration {
         )
     }
 
-    /// Deregisters and waits, once [< DISPATCH]: PENDING -> wait; SUCCESS ->
-    /// already complete, no wait; failure -> traced, no wait (waiting on a
-    /// failed deregistration could hang forever). Returns the final status;
-    /// later calls do nothing and return it again (`STATUS_SUCCESS` for a
-    /// module that never registered). The side's two functions are passed in
-    /// by its own wrapper, so a driver references only its own side's.
-    ///
-    /// One thread loads and unloads a module: not to be called concurrently
-    /// with `register`.
+    /// The body of both: the side's two functions are passed in by its own
+    /// wrapper, so a driver image references only its own side's.
     fn unload_with<N: Nmr>(
         &self,
         nmr: &N,
@@ -166,7 +166,7 @@ impl Default for Registration {
 
 /// A module that can be unloaded: deregistered, and waited for.
 pub trait Unload {
-    /// Deregisters and waits (see [`Registration::unload`]); idempotent.
+    /// Deregisters and waits (see [`Registration::unload_client`]); idempotent.
     fn unload(&self) -> NTSTATUS;
 }
 

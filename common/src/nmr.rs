@@ -2,8 +2,9 @@
 //!
 //! [`Nmr`] is the nine NMR functions of `netioddk.h`, plus the three kernel
 //! services the portable logic needs (a DISPATCH-safe spin lock, a trace sink,
-//! a PASSIVE delay). [`Netio`] implements it on Windows by calling `netio.sys`
-//! and `ntoskrnl.exe`; `nmr_sim::Sim` implements it on any host as a model.
+//! a PASSIVE delay). `Netio` implements it in Windows kernel images (the
+//! `kernel` feature) by calling `netio.sys` and `ntoskrnl.exe`;
+//! `nmr_sim::Sim` implements it on any host as a model.
 //! Module logic is generic over `N: Nmr` and keeps its own `N`.
 
 use core::ffi::c_void;
@@ -24,7 +25,7 @@ pub trait Nmr: Clone + Send + Sync + 'static {
     /// The spin lock for data that DISPATCH_LEVEL callbacks touch.
     type Lock: RawSpinLock;
 
-    /// `NmrRegisterClient` [PASSIVE]. Attach callbacks may run before it returns.
+    /// `NmrRegisterClient` (PASSIVE). Attach callbacks may run before it returns.
     ///
     /// # Safety
     /// `characteristics` and everything it points to, and `context`, stay valid
@@ -36,19 +37,19 @@ pub trait Nmr: Clone + Send + Sync + 'static {
         handle: *mut HANDLE,
     ) -> NTSTATUS;
 
-    /// `NmrDeregisterClient` [<= DISPATCH].
+    /// `NmrDeregisterClient` (<= DISPATCH).
     ///
     /// # Safety
     /// `handle` came from `register_client` and was not deregistered before.
     unsafe fn deregister_client(&self, handle: HANDLE) -> NTSTATUS;
 
-    /// `NmrWaitForClientDeregisterComplete` [< DISPATCH].
+    /// `NmrWaitForClientDeregisterComplete` (< DISPATCH).
     ///
     /// # Safety
     /// `handle` came from `register_client` and was deregistered.
     unsafe fn wait_for_client_deregister_complete(&self, handle: HANDLE) -> NTSTATUS;
 
-    /// `NmrClientAttachProvider` [PASSIVE], inside `ClientAttachProvider` only.
+    /// `NmrClientAttachProvider` (PASSIVE), inside `ClientAttachProvider` only.
     ///
     /// # Safety
     /// `binding` is the handle given to the running `ClientAttachProvider`;
@@ -63,14 +64,14 @@ pub trait Nmr: Clone + Send + Sync + 'static {
         provider_dispatch: *mut *const c_void,
     ) -> NTSTATUS;
 
-    /// `NmrClientDetachProviderComplete` [<= DISPATCH].
+    /// `NmrClientDetachProviderComplete` (<= DISPATCH).
     ///
     /// # Safety
     /// Once per binding, only after `ClientDetachProvider` returned (or is about
     /// to return) `STATUS_PENDING`. The binding context may be freed inside.
     unsafe fn client_detach_provider_complete(&self, binding: HANDLE);
 
-    /// `NmrRegisterProvider` [PASSIVE]. Attach callbacks may run before it returns.
+    /// `NmrRegisterProvider` (PASSIVE). Attach callbacks may run before it returns.
     ///
     /// # Safety
     /// As for [`Nmr::register_client`].
@@ -81,19 +82,19 @@ pub trait Nmr: Clone + Send + Sync + 'static {
         handle: *mut HANDLE,
     ) -> NTSTATUS;
 
-    /// `NmrDeregisterProvider` [<= DISPATCH].
+    /// `NmrDeregisterProvider` (<= DISPATCH).
     ///
     /// # Safety
     /// As for [`Nmr::deregister_client`].
     unsafe fn deregister_provider(&self, handle: HANDLE) -> NTSTATUS;
 
-    /// `NmrWaitForProviderDeregisterComplete` [< DISPATCH].
+    /// `NmrWaitForProviderDeregisterComplete` (< DISPATCH).
     ///
     /// # Safety
     /// As for [`Nmr::wait_for_client_deregister_complete`].
     unsafe fn wait_for_provider_deregister_complete(&self, handle: HANDLE) -> NTSTATUS;
 
-    /// `NmrProviderDetachClientComplete` [<= DISPATCH].
+    /// `NmrProviderDetachClientComplete` (<= DISPATCH).
     ///
     /// # Safety
     /// As for [`Nmr::client_detach_provider_complete`].
@@ -102,7 +103,7 @@ pub trait Nmr: Clone + Send + Sync + 'static {
     /// Emits one trace line. Must not block: it runs at any IRQL.
     fn trace(&self, record: &Record<'_>);
 
-    /// Waits `micros` microseconds [PASSIVE only]: the provider's latency knob.
+    /// Waits `micros` microseconds (PASSIVE only): the provider's latency knob.
     fn delay(&self, micros: u32);
 
     /// A dispatch function reports that the peer called it through the binding
@@ -116,11 +117,11 @@ pub trait Nmr: Clone + Send + Sync + 'static {
 }
 
 /// The real NMR: `netio.sys`, and `ntoskrnl.exe` for the lock and the delay.
-#[cfg(target_os = "windows")]
+#[cfg(all(target_os = "windows", feature = "kernel"))]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Netio;
 
-#[cfg(target_os = "windows")]
+#[cfg(all(target_os = "windows", feature = "kernel"))]
 mod netio_impl {
     use super::*;
     use crate::ffi::netio as sys;

@@ -116,10 +116,10 @@ unsafe impl RawSpinLock for FlagLock {
 }
 
 /// `KSPIN_LOCK` with `KeAcquireSpinLockRaiseToDpc` / `KeReleaseSpinLock`.
-#[cfg(target_os = "windows")]
+#[cfg(all(target_os = "windows", feature = "kernel"))]
 pub struct KernelSpinLock(UnsafeCell<usize>);
 
-#[cfg(target_os = "windows")]
+#[cfg(all(target_os = "windows", feature = "kernel"))]
 mod kernel_lock {
     use super::*;
 

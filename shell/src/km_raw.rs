@@ -117,7 +117,7 @@ pub unsafe fn create_system_thread(
     }
 }
 
-/// Waits for the thread to terminate, then closes its handle [PASSIVE].
+/// Waits for the thread to terminate, then closes its handle (PASSIVE).
 ///
 /// # Safety
 ///
@@ -130,7 +130,7 @@ pub unsafe fn wait_and_close(thread: HANDLE) -> NTSTATUS {
     status
 }
 
-/// `KeDelayExecutionThread` for `ms` milliseconds [PASSIVE].
+/// `KeDelayExecutionThread` for `ms` milliseconds (PASSIVE).
 pub fn delay_ms(ms: u32) {
     let mut interval: i64 = -(i64::from(ms) * 10_000);
     // SAFETY: KernelMode (0), not alertable, a relative interval (LARGE_INTEGER)

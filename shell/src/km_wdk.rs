@@ -68,7 +68,7 @@ pub unsafe fn create_system_thread(
     }
 }
 
-/// Waits for the thread to terminate, then closes its handle [PASSIVE].
+/// Waits for the thread to terminate, then closes its handle (PASSIVE).
 ///
 /// # Safety
 ///
@@ -81,7 +81,7 @@ pub unsafe fn wait_and_close(thread: HANDLE) -> NTSTATUS {
     status
 }
 
-/// `KeDelayExecutionThread` for `ms` milliseconds [PASSIVE].
+/// `KeDelayExecutionThread` for `ms` milliseconds (PASSIVE).
 pub fn delay_ms(ms: u32) {
     let mut interval = wdk_sys::LARGE_INTEGER {
         QuadPart: -(i64::from(ms) * 10_000),

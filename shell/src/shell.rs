@@ -25,11 +25,11 @@ pub const WORKER_PERIOD_MS: u32 = 10;
 pub trait DriverModule: Sync + Send + Sized + 'static {
     /// The driver's name, as in its trace lines.
     const NAME: &'static str;
-    /// Loads and registers the module [PASSIVE].
+    /// Loads and registers the module (PASSIVE).
     fn load() -> Result<Self, NTSTATUS>;
-    /// One round of the worker thread's work [PASSIVE].
+    /// One round of the worker thread's work (PASSIVE).
     fn work(&self);
-    /// Deregisters and waits for the NMR [PASSIVE]; after it returns, the NMR
+    /// Deregisters and waits for the NMR (PASSIVE); after it returns, the NMR
     /// calls nothing in the module any more.
     fn unload(&self) -> NTSTATUS;
 }

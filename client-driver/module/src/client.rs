@@ -266,7 +266,7 @@ impl<N: Nmr> Unload for ClientModule<N> {
     }
 }
 
-/// `ClientAttachProvider` [PASSIVE].
+/// `ClientAttachProvider` (PASSIVE).
 ///
 /// # Safety
 ///
@@ -377,7 +377,7 @@ unsafe extern "system" fn attach_provider<N: Nmr>(
     status
 }
 
-/// `ClientCleanupBindingContext` [<= DISPATCH]: unlinks and frees.
+/// `ClientCleanupBindingContext` (<= DISPATCH): unlinks and frees.
 ///
 /// # Safety
 ///
@@ -394,7 +394,7 @@ unsafe extern "system" fn cleanup_binding<N: Nmr>(context: *mut c_void) {
     unsafe { ProviderBinding::destroy(binding) };
 }
 
-/// `notify`, the client's dispatch function [<= DISPATCH]: counts the event.
+/// `notify`, the client's dispatch function (<= DISPATCH): counts the event.
 ///
 /// # Safety
 ///

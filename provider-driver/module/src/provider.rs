@@ -242,7 +242,7 @@ impl<N: Nmr> Unload for ProviderModule<N> {
     }
 }
 
-/// `ProviderAttachClient` [PASSIVE].
+/// `ProviderAttachClient` (PASSIVE).
 ///
 /// # Safety
 ///
@@ -329,7 +329,7 @@ unsafe extern "system" fn attach_client<N: Nmr>(
     STATUS_SUCCESS
 }
 
-/// `ProviderCleanupBindingContext` [<= DISPATCH]: unlinks and frees.
+/// `ProviderCleanupBindingContext` (<= DISPATCH): unlinks and frees.
 ///
 /// # Safety
 ///
@@ -365,7 +365,7 @@ unsafe fn called_binding<'a, N: Nmr>(
     Some((module, binding))
 }
 
-/// `get_info` [<= DISPATCH].
+/// `get_info` (<= DISPATCH).
 ///
 /// # Safety
 ///
@@ -398,7 +398,7 @@ unsafe extern "system" fn get_info<N: Nmr>(
     STATUS_SUCCESS
 }
 
-/// `checksum` [PASSIVE with the latency knob set, else <= DISPATCH].
+/// `checksum` (PASSIVE with the latency knob set, else <= DISPATCH).
 ///
 /// # Safety
 ///

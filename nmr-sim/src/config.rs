@@ -22,8 +22,8 @@ pub enum Delivery {
     Worker,
     /// As [`Delivery::Worker`], and the two detach callbacks of each binding
     /// run at the same moment on two threads (R7: they may run on different
-    /// threads, in any order). The detach order then only says which one is
-    /// started first.
+    /// threads, in any order). The detach order then has no effect on which
+    /// callback runs first.
     Parallel,
 }
 

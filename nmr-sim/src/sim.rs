@@ -664,25 +664,34 @@ impl Sim {
     /// functions, typically `extern "system"`), where a panic would abort the
     /// process: its panic always waits for the next safe point.
     fn report_from(&self, v: Violation, hook: bool) {
+        let raise = {
+            let mut st = self.state();
+            self.record(&mut st, v, hook)
+        };
+        if let Some(msg) = raise {
+            panic!("{msg}");
+        }
+    }
+
+    /// Records a violation while the caller holds the state lock, so that no
+    /// thread can see what the misuse led to (a side marked done, a waiter
+    /// woken) before the violation is on record. Returns the message to panic
+    /// with once the lock is dropped, when the policy says to panic at once.
+    fn record(&self, st: &mut State, v: Violation, hook: bool) -> Option<String> {
         let msg = v.to_string();
         let at_once = !hook && DEPTH.with(Cell::get) == 0 && !WORKER.with(Cell::get);
         let panic = self.inner.config.policy == Policy::Panic;
-        {
-            let mut st = self.state();
-            let module = v.module().unwrap_or("?").to_owned();
-            st.log(NmrEvent::Violation, &module, v.handle(), 0);
-            st.violations.push(v);
-            st.stats.violations += 1;
-            if panic && !at_once && st.pending_panic.is_none() {
-                st.pending_panic = Some(msg.clone());
-            }
+        let module = v.module().unwrap_or("?").to_owned();
+        st.log(NmrEvent::Violation, &module, v.handle(), 0);
+        st.violations.push(v);
+        st.stats.violations += 1;
+        if panic && !at_once && st.pending_panic.is_none() {
+            st.pending_panic = Some(msg.clone());
         }
         if self.inner.config.echo {
             eprintln!("nmr: VIOLATION {msg}");
         }
-        if panic && at_once {
-            panic!("{msg}");
-        }
+        (panic && at_once).then_some(msg)
     }
 
     /// Calls a module callback: no model lock held, a frame on the thread's
@@ -961,6 +970,7 @@ impl Sim {
 
         let mut violation = None;
         let mut late = None;
+        let raise;
         {
             let mut st = self.state();
             let b = st
@@ -993,10 +1003,11 @@ impl Sim {
                 st.stats.attach_declines += 1;
                 st.log(NmrEvent::AttachDeclined, &name, Some(id), status);
             }
+            raise = violation.and_then(|v| self.record(&mut st, v, false));
         }
         self.inner.cond.notify_all();
-        if let Some(v) = violation {
-            self.report(v);
+        if let Some(msg) = raise {
+            panic!("{msg}");
         }
         if let Some(first) = late {
             self.deliver(vec![(id, first)]);
@@ -1117,6 +1128,7 @@ impl Sim {
         });
 
         let mut violations = Vec::new();
+        let mut raise = None;
         let cleanup = {
             let mut st = self.state();
             let b = st
@@ -1149,10 +1161,13 @@ impl Sim {
                 (Side::Provider, false) => s.provider_detach_success += 1,
             }
             st.log(NmrEvent::DetachReturned(side), &name, Some(handle), status);
+            for v in violations {
+                raise = raise.or(self.record(&mut st, v, false));
+            }
             st.finish_if_done(id)
         };
-        for v in violations {
-            self.report(v);
+        if let Some(msg) = raise {
+            panic!("{msg}");
         }
         if let Some(job) = cleanup {
             self.run_cleanup(job);

@@ -27,12 +27,12 @@ pub fn run(with_nmr: bool) -> Vec<String> {
         let call = s.spawn(|| client.call_round(b"demo"));
         nmr.wait_for_waiters(CHECKSUM_GATE, 1);
         let unload = s.spawn(|| provider.unload());
-        while !nmr
-            .sim()
-            .events()
-            .iter()
-            .any(|e| e.module_event() == Some(Event::DetachPending))
-        {
+        // Release the call only once the provider's deregister has returned
+        // (and traced), so that the lines come in one order every time.
+        while !nmr.sim().events().iter().any(|e| {
+            e.module_event() == Some(Event::Deregister)
+                && e.to_string().starts_with("nmr_provider:")
+        }) {
             std::thread::yield_now();
         }
         nmr.open(CHECKSUM_GATE);

@@ -1,12 +1,165 @@
-//! What both modules do with their registration: register once, deregister
-//! once, wait only when the NMR says so.
+//! What every module has and does, whichever side of the NPI it takes:
+//! [`ModuleCore`] (its NMR, name, identity and registration, its trace lines
+//! and its peer check), [`Registration`] (register once, deregister once,
+//! wait only when the NMR says so) and [`ModuleBox`] (a fixed address until
+//! the NMR is done with it).
 
 use core::ffi::c_void;
 use core::sync::atomic::{AtomicI32, AtomicPtr, AtomicU8, Ordering};
 
-use crate::ffi::{HANDLE, NTSTATUS, STATUS_PENDING, STATUS_SUCCESS, nt_success};
+use core::sync::atomic::AtomicU64;
+
+use crate::ffi::{
+    GUID, HANDLE, NPI_MODULEID, NPI_REGISTRATION_INSTANCE, NPIID, NTSTATUS, STATUS_PENDING,
+    STATUS_SUCCESS, nt_success,
+};
 use crate::nmr::Nmr;
+use crate::npi::{self, NPI_ID, NPI_VERSION, NpiCharacteristics, PeerMismatch, VersionRange};
 use crate::trace::{Event, Record};
+
+static NPI: NPIID = NPI_ID;
+
+/// What every module has: the NMR it runs on, its name in trace lines, the
+/// identity it registers with (module id, NPI characteristics) and its
+/// registration. Lives inside the module, so at its fixed address.
+pub struct ModuleCore<N: Nmr> {
+    nmr: N,
+    name: &'static str,
+    module_id: NPI_MODULEID,
+    npi_characteristics: NpiCharacteristics,
+    registration: Registration,
+}
+
+impl<N: Nmr> ModuleCore<N> {
+    /// A module named `name` with id `module_id`, speaking `versions`.
+    pub fn new(nmr: N, name: &'static str, module_id: GUID, versions: VersionRange) -> Self {
+        ModuleCore {
+            nmr,
+            name,
+            module_id: NPI_MODULEID::from_guid(module_id),
+            npi_characteristics: NpiCharacteristics::new(versions),
+            registration: Registration::new(),
+        }
+    }
+
+    /// The NMR this module runs on.
+    pub fn nmr(&self) -> &N {
+        &self.nmr
+    }
+
+    /// The module's name, as in its trace lines.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// A registration instance with no pointers yet, to build the
+    /// characteristics with before the module has its final address.
+    pub const fn unplaced_instance() -> NPI_REGISTRATION_INSTANCE {
+        NPI_REGISTRATION_INSTANCE {
+            Version: 0,
+            Size: size_of::<NPI_REGISTRATION_INSTANCE>() as u16,
+            NpiId: core::ptr::null(),
+            ModuleId: core::ptr::null(),
+            Number: NPI_VERSION as u32,
+            NpiSpecificCharacteristics: core::ptr::null(),
+        }
+    }
+
+    /// This module's registration instance: the NPI id, and pointers to the
+    /// core's module id and NPI characteristics.
+    ///
+    /// # Safety
+    ///
+    /// `this` is the core at its final address, where it stays until the
+    /// deregistration wait returns (the NMR keeps these pointers until then).
+    pub unsafe fn registration_instance(this: *const Self) -> NPI_REGISTRATION_INSTANCE {
+        NPI_REGISTRATION_INSTANCE {
+            NpiId: &raw const NPI,
+            // SAFETY: raw projections of a live core; no reference is made.
+            ModuleId: unsafe { &raw const (*this).module_id },
+            // SAFETY: as above.
+            NpiSpecificCharacteristics: unsafe { (&raw const (*this).npi_characteristics).cast() },
+            ..Self::unplaced_instance()
+        }
+    }
+
+    /// Emits one trace line of this module.
+    pub fn trace(
+        &self,
+        event: Event,
+        binding: Option<usize>,
+        status: NTSTATUS,
+        detail: Option<core::fmt::Arguments<'_>>,
+    ) {
+        self.nmr.trace(&Record {
+            module: self.name,
+            binding,
+            event,
+            status,
+            detail,
+        });
+    }
+
+    /// Declines the peer offered with `handle`: counts it in `declined`,
+    /// traces why, and returns `status` for the attach callback to return.
+    pub fn decline(
+        &self,
+        declined: &AtomicU64,
+        handle: HANDLE,
+        status: NTSTATUS,
+        why: &dyn core::fmt::Display,
+    ) -> NTSTATUS {
+        declined.fetch_add(1, Ordering::Relaxed);
+        self.trace(
+            Event::AttachDeclined,
+            None,
+            status,
+            Some(format_args!("nmr-handle={handle:p} {why}")),
+        );
+        status
+    }
+
+    /// Checks what the peer published: a well-formed GUID module id and an
+    /// NPI version range that overlaps ours. Returns the version to speak.
+    ///
+    /// # Safety
+    ///
+    /// `peer` is the peer's registration instance, as the NMR hands it to an
+    /// attach callback: valid for the duration of the callback.
+    pub unsafe fn check_peer(
+        &self,
+        peer: *const NPI_REGISTRATION_INSTANCE,
+    ) -> Result<u16, PeerMismatch> {
+        // SAFETY: see the function's contract.
+        let peer = unsafe { &*peer };
+        // SAFETY: a non-null module id points to the peer's `NPI_MODULEID`.
+        if peer.ModuleId.is_null() || unsafe { (*peer.ModuleId).guid() }.is_none() {
+            return Err(PeerMismatch::ModuleId);
+        }
+        // SAFETY: the peer's publication; read no further than its declared size.
+        unsafe {
+            npi::negotiate_peer(
+                peer.NpiSpecificCharacteristics,
+                self.npi_characteristics.versions,
+            )
+        }
+    }
+
+    /// Registers through `register` (the side's `NmrRegister*`), once.
+    pub fn register(&self, register: impl FnOnce(*mut HANDLE) -> NTSTATUS) -> NTSTATUS {
+        self.registration.register(&self.nmr, self.name, register)
+    }
+
+    /// Deregisters a client and waits: see [`Registration::unload_client`].
+    pub fn unload_client(&self) -> NTSTATUS {
+        self.registration.unload_client(&self.nmr, self.name)
+    }
+
+    /// Deregisters a provider and waits: see [`Registration::unload_client`].
+    pub fn unload_provider(&self) -> NTSTATUS {
+        self.registration.unload_provider(&self.nmr, self.name)
+    }
+}
 
 const UNREGISTERED: u8 = 0;
 const REGISTERING: u8 = 1;

@@ -12,18 +12,16 @@ use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use nmr_common::binding::{Binding, BindingSet, detach_callback};
 use nmr_common::ffi::*;
-use nmr_common::module::{ModuleBox, Registration, Unload};
+use nmr_common::module::{ModuleBox, ModuleCore, Unload};
 use nmr_common::nmr::Nmr;
-use nmr_common::npi::{self, *};
-use nmr_common::trace::{Event, Record};
+use nmr_common::npi::*;
+use nmr_common::trace::Event;
 
 /// The module name: in traces, the driver image, the service.
 pub const NAME: &str = "nmr_client";
 
 /// The module id the real driver registers with.
 pub const MODULE_ID: GUID = GUID::from_u128(0x3b0f_9c52_1e7a_4d8e_b6c4_2a91_5fd3_0c71);
-
-static NPI: NPIID = NPI_ID;
 
 /// How a client module is set up.
 #[derive(Clone, Copy, Debug)]
@@ -94,14 +92,11 @@ unsafe impl<N: Nmr> Send for BindingData<N> {}
 
 /// The client module. Lives at a fixed address inside a [`Client`].
 pub struct ClientModule<N: Nmr> {
-    nmr: N,
+    core: ModuleCore<N>,
     config: ClientConfig,
-    module_id: NPI_MODULEID,
-    npi_characteristics: NpiCharacteristics,
     dispatch: ClientDispatch,
     // Filled in `load` once the module has its final address; read by the NMR.
     characteristics: UnsafeCell<NPI_CLIENT_CHARACTERISTICS>,
-    registration: Registration,
     bindings: BindingSet<N, ProviderDispatch, BindingData<N>>,
     stats: ClientStats,
 }
@@ -120,10 +115,8 @@ impl<N: Nmr> ClientModule<N> {
     /// already registered are attached before this returns (R2).
     pub fn load(nmr: N, config: ClientConfig) -> Result<Client<N>, NTSTATUS> {
         let module = ClientModule {
-            nmr,
+            core: ModuleCore::new(nmr, config.name, config.module_id, config.versions),
             config,
-            module_id: NPI_MODULEID::from_guid(config.module_id),
-            npi_characteristics: NpiCharacteristics::new(config.versions),
             dispatch: ClientDispatch {
                 header: DispatchHeader {
                     version: NPI_VERSION,
@@ -137,16 +130,8 @@ impl<N: Nmr> ClientModule<N> {
                 ClientAttachProvider: Some(attach_provider::<N>),
                 ClientDetachProvider: Some(detach_callback::<N, ProviderDispatch, BindingData<N>>),
                 ClientCleanupBindingContext: Some(cleanup_binding::<N>),
-                ClientRegistrationInstance: NPI_REGISTRATION_INSTANCE {
-                    Version: 0,
-                    Size: size_of::<NPI_REGISTRATION_INSTANCE>() as u16,
-                    NpiId: &raw const NPI,
-                    ModuleId: ptr::null(),
-                    Number: u32::from(NPI_VERSION),
-                    NpiSpecificCharacteristics: ptr::null(),
-                },
+                ClientRegistrationInstance: ModuleCore::<N>::unplaced_instance(),
             }),
-            registration: Registration::new(),
             bindings: BindingSet::new(),
             stats: ClientStats::default(),
         };
@@ -156,21 +141,19 @@ impl<N: Nmr> ClientModule<N> {
         // pointers written point into it and stay valid until it is freed,
         // which happens only after the deregistration wait.
         unsafe {
-            let instance = &mut (*(*this).characteristics.get()).ClientRegistrationInstance;
-            instance.ModuleId = &raw const (*this).module_id;
-            instance.NpiSpecificCharacteristics = (&raw const (*this).npi_characteristics).cast();
+            (*(*this).characteristics.get()).ClientRegistrationInstance =
+                ModuleCore::registration_instance(&raw const (*this).core);
         }
-        let status = client
-            .registration
-            .register(&client.nmr, config.name, |handle| {
-                // SAFETY: characteristics and context live in the module, which
-                // outlives the registration (freed only after the wait returns).
-                unsafe {
-                    client
-                        .nmr
-                        .register_client(client.characteristics.get(), this.cast(), handle)
-                }
-            });
+        let status = client.core.register(|handle| {
+            // SAFETY: characteristics and context live in the module, which
+            // outlives the registration (freed only after the wait returns).
+            unsafe {
+                client
+                    .core
+                    .nmr()
+                    .register_client(client.characteristics.get(), this.cast(), handle)
+            }
+        });
         if nt_success(status) {
             Ok(client)
         } else {
@@ -180,7 +163,7 @@ impl<N: Nmr> ClientModule<N> {
 
     /// The module's name.
     pub fn name(&self) -> &'static str {
-        self.config.name
+        self.core.name()
     }
 
     /// One round of the worker: `checksum(payload)` through every active
@@ -207,7 +190,7 @@ impl<N: Nmr> ClientModule<N> {
                 verified += 1;
             } else {
                 self.stats.mismatched.fetch_add(1, Relaxed);
-                self.trace(
+                self.core.trace(
                     Event::PeerFault,
                     Some(provider.binding().id()),
                     status,
@@ -231,38 +214,11 @@ impl<N: Nmr> ClientModule<N> {
     pub fn counts(&self) -> ClientCounts {
         self.stats.snapshot()
     }
-
-    fn trace(
-        &self,
-        event: Event,
-        binding: Option<usize>,
-        status: NTSTATUS,
-        detail: Option<core::fmt::Arguments<'_>>,
-    ) {
-        self.nmr.trace(&Record {
-            module: self.config.name,
-            binding,
-            event,
-            status,
-            detail,
-        });
-    }
-
-    fn decline(&self, handle: HANDLE, status: NTSTATUS, why: &dyn core::fmt::Display) -> NTSTATUS {
-        self.stats.declined.fetch_add(1, Relaxed);
-        self.trace(
-            Event::AttachDeclined,
-            None,
-            status,
-            Some(format_args!("nmr-handle={handle:p} {why}")),
-        );
-        status
-    }
 }
 
 impl<N: Nmr> Unload for ClientModule<N> {
     fn unload(&self) -> NTSTATUS {
-        self.registration.unload_client(&self.nmr, self.config.name)
+        self.core.unload_client()
     }
 }
 
@@ -282,27 +238,22 @@ unsafe extern "system" fn attach_provider<N: Nmr>(
     let module = unsafe { &*context.cast::<ClientModule<N>>() };
     module.stats.offered.fetch_add(1, Relaxed);
     // Traces name this binding by its NMR handle until the context exists.
-    module.trace(
+    module.core.trace(
         Event::AttachOffered,
         None,
         STATUS_SUCCESS,
         Some(format_args!("nmr-handle={handle:p}")),
     );
 
-    // SAFETY: the NMR hands us the provider's registration instance, valid
-    // for the duration of this callback.
-    let provider = unsafe { &*provider };
-    // SAFETY: a non-null module id points to the provider's `NPI_MODULEID`.
-    if provider.ModuleId.is_null() || unsafe { (*provider.ModuleId).guid() }.is_none() {
-        return module.decline(handle, STATUS_NOINTERFACE, &PeerMismatch::ModuleId);
-    }
-    // SAFETY: the characteristics are the provider's publication; the check
-    // reads its declared size first and never more than that.
-    let version = match unsafe {
-        npi::negotiate_peer(provider.NpiSpecificCharacteristics, module.config.versions)
-    } {
+    // SAFETY: the NMR hands us the provider's registration instance, valid for the
+    // duration of this callback.
+    let version = match unsafe { module.core.check_peer(provider) } {
         Ok(v) => v,
-        Err(why) => return module.decline(handle, STATUS_NOINTERFACE, &why),
+        Err(why) => {
+            return module
+                .core
+                .decline(&module.stats.declined, handle, STATUS_NOINTERFACE, &why);
+        }
     };
 
     let data = BindingData {
@@ -311,9 +262,10 @@ unsafe extern "system" fn attach_provider<N: Nmr>(
         notifications: AtomicU64::new(0),
     };
     let Ok(binding) =
-        ProviderBinding::for_client(module.nmr.clone(), module.config.name, handle, data)
+        ProviderBinding::for_client(module.core.nmr().clone(), module.core.name(), handle, data)
     else {
-        return module.decline(
+        return module.core.decline(
+            &module.stats.declined,
             handle,
             STATUS_INSUFFICIENT_RESOURCES,
             &"no memory for the binding",
@@ -325,7 +277,7 @@ unsafe extern "system" fn attach_provider<N: Nmr>(
     // dispatch table live until cleanup (the table lives in the module); the
     // out pointers are our locals.
     let status = unsafe {
-        module.nmr.client_attach_provider(
+        module.core.nmr().client_attach_provider(
             handle,
             binding.cast(),
             (&raw const module.dispatch).cast(),
@@ -338,7 +290,12 @@ unsafe extern "system" fn attach_provider<N: Nmr>(
         // SAFETY: the binding came from `Box::into_raw`, and the provider
         // declined, so nobody else has it.
         drop(unsafe { Box::from_raw(binding) });
-        return module.decline(handle, status, &"the provider declined");
+        return module.core.decline(
+            &module.stats.declined,
+            handle,
+            status,
+            &"the provider declined",
+        );
     }
     // SAFETY: attached, and no detach (so no cleanup) can come before this
     // callback returns. Shared only: the provider may already be notifying.
@@ -351,7 +308,7 @@ unsafe extern "system" fn attach_provider<N: Nmr>(
         Ok(table) => binding_ref.publish_peer(peer_context, table),
         // Too late to decline: the binding exists. It is never published, so
         // never called, and is detached and cleaned up like any other.
-        Err(why) => module.trace(
+        Err(why) => module.core.trace(
             Event::PeerFault,
             Some(id),
             STATUS_NOINTERFACE,
@@ -360,7 +317,7 @@ unsafe extern "system" fn attach_provider<N: Nmr>(
     }
     // SAFETY: `binding` stays valid until cleanup, which unlinks it first.
     if unsafe { module.bindings.insert(NonNull::new_unchecked(binding)) }.is_err() {
-        module.trace(
+        module.core.trace(
             Event::PeerFault,
             Some(id),
             STATUS_INSUFFICIENT_RESOURCES,
@@ -368,7 +325,7 @@ unsafe extern "system" fn attach_provider<N: Nmr>(
         );
     }
     module.stats.attached.fetch_add(1, Relaxed);
-    module.trace(
+    module.core.trace(
         Event::AttachAccepted,
         Some(id),
         status,
@@ -408,12 +365,12 @@ unsafe extern "system" fn notify<N: Nmr>(context: *mut c_void, event: u32, value
     let binding = unsafe { binding.as_ref() };
     // SAFETY: the module outlives its bindings.
     let module = unsafe { &*binding.data.module };
-    module.nmr.incoming_call(binding.handle());
+    module.core.nmr().incoming_call(binding.handle());
     binding.data.notifications.fetch_add(1, Relaxed);
     module.stats.notifications.fetch_add(1, Relaxed);
     let _ = (event, value);
     if module.config.notify_delay_us != 0 {
-        module.nmr.delay(module.config.notify_delay_us);
+        module.core.nmr().delay(module.config.notify_delay_us);
     }
 }
 

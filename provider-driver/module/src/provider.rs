@@ -8,23 +8,21 @@
 use alloc::boxed::Box;
 use core::cell::UnsafeCell;
 use core::ffi::c_void;
-use core::ptr::{self, NonNull};
+use core::ptr::NonNull;
 use core::sync::atomic::Ordering::Relaxed;
 
 use nmr_common::binding::{Binding, BindingSet, detach_callback};
 use nmr_common::ffi::*;
-use nmr_common::module::{ModuleBox, Registration, Unload};
+use nmr_common::module::{ModuleBox, ModuleCore, Unload};
 use nmr_common::nmr::Nmr;
-use nmr_common::npi::{self, *};
-use nmr_common::trace::{Event, Record};
+use nmr_common::npi::*;
+use nmr_common::trace::Event;
 
 /// The module name: in traces, the driver image, the service.
 pub const NAME: &str = "nmr_provider";
 
 /// The module id the real driver registers with.
 pub const MODULE_ID: GUID = GUID::from_u128(0x9d47_e2a0_5c3b_4f6e_8a12_c7d0_94b3_e158);
-
-static NPI: NPIID = NPI_ID;
 
 /// How a provider module is set up.
 #[derive(Clone, Copy, Debug)]
@@ -89,14 +87,11 @@ unsafe impl<N: Nmr> Send for BindingData<N> {}
 
 /// The provider module. Lives at a fixed address inside a [`Provider`].
 pub struct ProviderModule<N: Nmr> {
-    nmr: N,
+    core: ModuleCore<N>,
     config: ProviderConfig,
-    module_id: NPI_MODULEID,
-    npi_characteristics: NpiCharacteristics,
     dispatch: ProviderDispatch,
     // Filled in `load` once the module has its final address; read by the NMR.
     characteristics: UnsafeCell<NPI_PROVIDER_CHARACTERISTICS>,
-    registration: Registration,
     bindings: BindingSet<N, ClientDispatch, BindingData<N>>,
     stats: ProviderStats,
 }
@@ -115,10 +110,8 @@ impl<N: Nmr> ProviderModule<N> {
     /// already registered are attached before this returns (R2).
     pub fn load(nmr: N, config: ProviderConfig) -> Result<Provider<N>, NTSTATUS> {
         let module = ProviderModule {
-            nmr,
+            core: ModuleCore::new(nmr, config.name, config.module_id, config.versions),
             config,
-            module_id: NPI_MODULEID::from_guid(config.module_id),
-            npi_characteristics: NpiCharacteristics::new(config.versions),
             dispatch: ProviderDispatch {
                 header: DispatchHeader {
                     version: NPI_VERSION,
@@ -133,16 +126,8 @@ impl<N: Nmr> ProviderModule<N> {
                 ProviderAttachClient: Some(attach_client::<N>),
                 ProviderDetachClient: Some(detach_callback::<N, ClientDispatch, BindingData<N>>),
                 ProviderCleanupBindingContext: Some(cleanup_binding::<N>),
-                ProviderRegistrationInstance: NPI_REGISTRATION_INSTANCE {
-                    Version: 0,
-                    Size: size_of::<NPI_REGISTRATION_INSTANCE>() as u16,
-                    NpiId: &raw const NPI,
-                    ModuleId: ptr::null(),
-                    Number: u32::from(NPI_VERSION),
-                    NpiSpecificCharacteristics: ptr::null(),
-                },
+                ProviderRegistrationInstance: ModuleCore::<N>::unplaced_instance(),
             }),
-            registration: Registration::new(),
             bindings: BindingSet::new(),
             stats: ProviderStats::default(),
         };
@@ -152,23 +137,20 @@ impl<N: Nmr> ProviderModule<N> {
         // pointers written point into it and stay valid until it is freed,
         // which happens only after the deregistration wait.
         unsafe {
-            let instance = &mut (*(*this).characteristics.get()).ProviderRegistrationInstance;
-            instance.ModuleId = &raw const (*this).module_id;
-            instance.NpiSpecificCharacteristics = (&raw const (*this).npi_characteristics).cast();
+            (*(*this).characteristics.get()).ProviderRegistrationInstance =
+                ModuleCore::registration_instance(&raw const (*this).core);
         }
-        let status = provider
-            .registration
-            .register(&provider.nmr, config.name, |handle| {
-                // SAFETY: characteristics and context live in the module, which
-                // outlives the registration (freed only after the wait returns).
-                unsafe {
-                    provider.nmr.register_provider(
-                        provider.characteristics.get(),
-                        this.cast(),
-                        handle,
-                    )
-                }
-            });
+        let status = provider.core.register(|handle| {
+            // SAFETY: characteristics and context live in the module, which
+            // outlives the registration (freed only after the wait returns).
+            unsafe {
+                provider.core.nmr().register_provider(
+                    provider.characteristics.get(),
+                    this.cast(),
+                    handle,
+                )
+            }
+        });
         if nt_success(status) {
             Ok(provider)
         } else {
@@ -178,7 +160,7 @@ impl<N: Nmr> ProviderModule<N> {
 
     /// The module's name.
     pub fn name(&self) -> &'static str {
-        self.config.name
+        self.core.name()
     }
 
     /// One round of the notifier: `notify(EVENT_CALL_COUNT, served)` to every
@@ -206,39 +188,11 @@ impl<N: Nmr> ProviderModule<N> {
     pub fn counts(&self) -> ProviderCounts {
         self.stats.snapshot()
     }
-
-    fn trace(
-        &self,
-        event: Event,
-        binding: Option<usize>,
-        status: NTSTATUS,
-        detail: Option<core::fmt::Arguments<'_>>,
-    ) {
-        self.nmr.trace(&Record {
-            module: self.config.name,
-            binding,
-            event,
-            status,
-            detail,
-        });
-    }
-
-    fn decline(&self, handle: HANDLE, status: NTSTATUS, why: &dyn core::fmt::Display) -> NTSTATUS {
-        self.stats.declined.fetch_add(1, Relaxed);
-        self.trace(
-            Event::AttachDeclined,
-            None,
-            status,
-            Some(format_args!("nmr-handle={handle:p} {why}")),
-        );
-        status
-    }
 }
 
 impl<N: Nmr> Unload for ProviderModule<N> {
     fn unload(&self) -> NTSTATUS {
-        self.registration
-            .unload_provider(&self.nmr, self.config.name)
+        self.core.unload_provider()
     }
 }
 
@@ -262,38 +216,40 @@ unsafe extern "system" fn attach_client<N: Nmr>(
     // outlives its registration.
     let module = unsafe { &*context.cast::<ProviderModule<N>>() };
     module.stats.offered.fetch_add(1, Relaxed);
-    module.trace(
+    module.core.trace(
         Event::AttachOffered,
         None,
         STATUS_SUCCESS,
         Some(format_args!("nmr-handle={handle:p}")),
     );
 
-    // SAFETY: the client's registration instance, valid during this callback.
-    let client = unsafe { &*client };
-    // SAFETY: a non-null module id points to the client's `NPI_MODULEID`.
-    if client.ModuleId.is_null() || unsafe { (*client.ModuleId).guid() }.is_none() {
-        return module.decline(handle, STATUS_NOINTERFACE, &PeerMismatch::ModuleId);
-    }
-    // SAFETY: the client's publication; read no further than its declared size.
-    let version = match unsafe {
-        npi::negotiate_peer(client.NpiSpecificCharacteristics, module.config.versions)
-    } {
+    // SAFETY: the NMR hands us the client's registration instance, valid for the
+    // duration of this callback.
+    let version = match unsafe { module.core.check_peer(client) } {
         Ok(v) => v,
-        Err(why) => return module.decline(handle, STATUS_NOINTERFACE, &why),
+        Err(why) => {
+            return module
+                .core
+                .decline(&module.stats.declined, handle, STATUS_NOINTERFACE, &why);
+        }
     };
     // SAFETY: the client's dispatch table (or null), valid until cleanup; the
     // check reads its header first and never past its declared size.
     let table = match unsafe { check_dispatch::<ClientDispatch>(client_dispatch, version) } {
         Ok(table) => table,
-        Err(why) => return module.decline(handle, STATUS_NOINTERFACE, &why),
+        Err(why) => {
+            return module
+                .core
+                .decline(&module.stats.declined, handle, STATUS_NOINTERFACE, &why);
+        }
     };
 
     let data = BindingData { module, version };
     let Ok(binding) =
-        ClientBinding::for_provider(module.nmr.clone(), module.config.name, handle, data)
+        ClientBinding::for_provider(module.core.nmr().clone(), module.core.name(), handle, data)
     else {
-        return module.decline(
+        return module.core.decline(
+            &module.stats.declined,
             handle,
             STATUS_INSUFFICIENT_RESOURCES,
             &"no memory for the binding",
@@ -305,7 +261,8 @@ unsafe extern "system" fn attach_client<N: Nmr>(
     if unsafe { module.bindings.insert(binding) }.is_err() {
         // SAFETY: not linked, not handed out: ours to free.
         drop(unsafe { Box::from_raw(binding.as_ptr()) });
-        return module.decline(
+        return module.core.decline(
+            &module.stats.declined,
             handle,
             STATUS_INSUFFICIENT_RESOURCES,
             &"no memory to list the binding",
@@ -320,7 +277,7 @@ unsafe extern "system" fn attach_client<N: Nmr>(
     module.stats.attached.fetch_add(1, Relaxed);
     // SAFETY: linked and live; the id is only its address.
     let id = unsafe { binding.as_ref() }.id();
-    module.trace(
+    module.core.trace(
         Event::AttachAccepted,
         Some(id),
         STATUS_SUCCESS,
@@ -361,7 +318,7 @@ unsafe fn called_binding<'a, N: Nmr>(
     let binding = unsafe { binding.as_ref() };
     // SAFETY: the module outlives its bindings.
     let module = unsafe { &*binding.data.module };
-    module.nmr.incoming_call(binding.handle());
+    module.core.nmr().incoming_call(binding.handle());
     Some((module, binding))
 }
 
@@ -424,7 +381,7 @@ unsafe extern "system" fn checksum<N: Nmr>(
         unsafe { core::slice::from_raw_parts(data, len) }
     };
     if module.config.latency_us != 0 {
-        module.nmr.delay(module.config.latency_us);
+        module.core.nmr().delay(module.config.latency_us);
     }
     let sum = internet_checksum(bytes);
     // SAFETY: non-null and writable per the NPI contract.

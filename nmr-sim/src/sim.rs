@@ -655,6 +655,16 @@ impl Sim {
     }
 
     /// Records a violation and applies the policy.
+    /// `NmrRegister*` with a null characteristics pointer: a named violation.
+    fn null_characteristics(&self, side: Side) -> NTSTATUS {
+        self.report(Violation::BadCharacteristics {
+            side,
+            module: "?".into(),
+            problem: "the characteristics pointer is null",
+        });
+        STATUS_INVALID_PARAMETER
+    }
+
     fn report(&self, v: Violation) {
         self.report_from(v, false);
     }
@@ -1375,16 +1385,10 @@ impl Nmr for Sim {
         handle: *mut HANDLE,
     ) -> NTSTATUS {
         let _entry = self.enter();
-        if characteristics.is_null() {
-            self.report(Violation::BadCharacteristics {
-                side: Side::Client,
-                module: "?".into(),
-                problem: "the characteristics pointer is null",
-            });
-            return STATUS_INVALID_PARAMETER;
-        }
-        // SAFETY: non-null; the caller keeps it valid until the wait returns.
-        let c = unsafe { &*characteristics };
+        // SAFETY: null or the caller's characteristics, valid until the wait returns.
+        let Some(c) = (unsafe { characteristics.as_ref() }) else {
+            return self.null_characteristics(Side::Client);
+        };
         self.register(
             Side::Client,
             c.Version,
@@ -1549,16 +1553,10 @@ impl Nmr for Sim {
         handle: *mut HANDLE,
     ) -> NTSTATUS {
         let _entry = self.enter();
-        if characteristics.is_null() {
-            self.report(Violation::BadCharacteristics {
-                side: Side::Provider,
-                module: "?".into(),
-                problem: "the characteristics pointer is null",
-            });
-            return STATUS_INVALID_PARAMETER;
-        }
-        // SAFETY: non-null; the caller keeps it valid until the wait returns.
-        let c = unsafe { &*characteristics };
+        // SAFETY: null or the caller's characteristics, valid until the wait returns.
+        let Some(c) = (unsafe { characteristics.as_ref() }) else {
+            return self.null_characteristics(Side::Provider);
+        };
         self.register(
             Side::Provider,
             c.Version,

@@ -81,6 +81,9 @@ param(
 Set-StrictMode -Version Latest
 $ErrorActionPreference = 'Stop'
 
+# Assert-Administrator, Invoke-Native, Invoke-NativeCapture.
+. (Join-Path $PSScriptRoot 'NmrCommon.ps1')
+
 # The script's own ShouldProcess (it carries -WhatIf and -Confirm). The helper
 # functions below call it through this variable: a function with [Parameter()]
 # attributes is an advanced function whose own $PSCmdlet does not declare
@@ -92,45 +95,6 @@ $Drivers = @('nmr_provider', 'nmr_client')
 $DisplayNames = @{
     'nmr_client'   = 'Rust NMR NPI client'
     'nmr_provider' = 'Rust NMR NPI provider'
-}
-
-function Assert-Administrator {
-    $identity = [Security.Principal.WindowsIdentity]::GetCurrent()
-    $principal = New-Object Security.Principal.WindowsPrincipal($identity)
-    if (-not $principal.IsInRole([Security.Principal.WindowsBuiltInRole]::Administrator)) {
-        throw 'This script installs drivers and services: run it from an elevated PowerShell ("Run as administrator").'
-    }
-}
-
-# Runs a native program and returns its exit code and its merged stdout/stderr.
-# $ErrorActionPreference is 'Continue' in here because Windows PowerShell 5.1
-# turns a native program's stderr line into a terminating error under 'Stop'
-# when stderr is redirected; the exit code is what decides success.
-function Invoke-NativeCapture {
-    param(
-        [Parameter(Mandatory = $true)] [string] $FilePath,
-        [string[]] $ArgumentList = @()
-    )
-    $ErrorActionPreference = 'Continue'
-    Write-Verbose "> $FilePath $($ArgumentList -join ' ')"
-    $output = & $FilePath @ArgumentList 2>&1 | Out-String
-    return [pscustomobject]@{ ExitCode = $LASTEXITCODE; Output = $output.TrimEnd() }
-}
-
-# Runs a native program, prints its output, throws (with the output) unless the
-# exit code is one of $AllowedExitCodes, and returns the exit code.
-function Invoke-Native {
-    param(
-        [Parameter(Mandatory = $true)] [string] $FilePath,
-        [string[]] $ArgumentList = @(),
-        [int[]] $AllowedExitCodes = @(0)
-    )
-    $result = Invoke-NativeCapture -FilePath $FilePath -ArgumentList $ArgumentList
-    if ($AllowedExitCodes -notcontains $result.ExitCode) {
-        throw "'$FilePath $($ArgumentList -join ' ')' failed with exit code $($result.ExitCode):`n$($result.Output)"
-    }
-    if ($result.Output) { Write-Host $result.Output }
-    return $result.ExitCode
 }
 
 # bcdedit lists "testsigning  Yes" in the {current} entry when test signing is on
@@ -235,7 +199,7 @@ function Start-Drivers {
     }
 }
 
-Assert-Administrator
+Assert-Administrator -Purpose 'Installing drivers and services'
 Test-TestSigning
 
 if ($PSCmdlet.ParameterSetName -eq 'LinuxImage') {

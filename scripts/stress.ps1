@@ -60,6 +60,9 @@ param(
 Set-StrictMode -Version Latest
 $ErrorActionPreference = 'Stop'
 
+# Assert-Administrator, Invoke-Native, Invoke-NativeCapture.
+. (Join-Path $PSScriptRoot 'NmrCommon.ps1')
+
 # The script's own ShouldProcess (it carries -WhatIf and -Confirm). The helper
 # functions below call it through this variable: a function with [Parameter()]
 # attributes is an advanced function whose own $PSCmdlet does not declare
@@ -70,14 +73,6 @@ $Services = @('nmr_client', 'nmr_provider')
 # Service states as `sc.exe query` prints them (SERVICE_STATUS.dwCurrentState).
 $StateRunning = 4
 $StateStopped = 1
-
-function Assert-Administrator {
-    $identity = [Security.Principal.WindowsIdentity]::GetCurrent()
-    $principal = New-Object Security.Principal.WindowsPrincipal($identity)
-    if (-not $principal.IsInRole([Security.Principal.WindowsBuiltInRole]::Administrator)) {
-        throw 'Starting and stopping drivers needs an elevated PowerShell ("Run as administrator").'
-    }
-}
 
 # One failure ends the run: a message with everything needed to reproduce it.
 function Stop-Run {
@@ -187,7 +182,7 @@ function Invoke-ServiceCommand {
     Wait-ServiceState -Service $Service -Wanted $wanted -Cycle $Cycle -AfterCommand $command
 }
 
-Assert-Administrator
+Assert-Administrator -Purpose 'Starting and stopping drivers'
 $random = New-Object System.Random($Seed)
 Write-Host "Stress: $Cycles cycles, seed $Seed, hold 0..$HoldMilliseconds ms, timeout $TimeoutSeconds s."
 

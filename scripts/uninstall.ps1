@@ -45,6 +45,9 @@ param(
 Set-StrictMode -Version Latest
 $ErrorActionPreference = 'Stop'
 
+# Assert-Administrator, Invoke-Native, Invoke-NativeCapture.
+. (Join-Path $PSScriptRoot 'NmrCommon.ps1')
+
 # The script's own ShouldProcess (it carries -WhatIf and -Confirm). The helper
 # functions below call it through this variable: a function with [Parameter()]
 # attributes is an advanced function whose own $PSCmdlet does not declare
@@ -52,41 +55,6 @@ $ErrorActionPreference = 'Stop'
 $ScriptCmdlet = $PSCmdlet
 
 $Drivers = @('nmr_client', 'nmr_provider')
-
-function Assert-Administrator {
-    $identity = [Security.Principal.WindowsIdentity]::GetCurrent()
-    $principal = New-Object Security.Principal.WindowsPrincipal($identity)
-    if (-not $principal.IsInRole([Security.Principal.WindowsBuiltInRole]::Administrator)) {
-        throw 'This script removes drivers and services: run it from an elevated PowerShell ("Run as administrator").'
-    }
-}
-
-# Exit code and merged output of a native program ($ErrorActionPreference is
-# 'Continue' here: Windows PowerShell 5.1 would otherwise throw on its stderr).
-function Invoke-NativeCapture {
-    param(
-        [Parameter(Mandatory = $true)] [string] $FilePath,
-        [string[]] $ArgumentList = @()
-    )
-    $ErrorActionPreference = 'Continue'
-    Write-Verbose "> $FilePath $($ArgumentList -join ' ')"
-    $output = & $FilePath @ArgumentList 2>&1 | Out-String
-    return [pscustomobject]@{ ExitCode = $LASTEXITCODE; Output = $output.TrimEnd() }
-}
-
-function Invoke-Native {
-    param(
-        [Parameter(Mandatory = $true)] [string] $FilePath,
-        [string[]] $ArgumentList = @(),
-        [int[]] $AllowedExitCodes = @(0)
-    )
-    $result = Invoke-NativeCapture -FilePath $FilePath -ArgumentList $ArgumentList
-    if ($AllowedExitCodes -notcontains $result.ExitCode) {
-        throw "'$FilePath $($ArgumentList -join ' ')' failed with exit code $($result.ExitCode):`n$($result.Output)"
-    }
-    if ($result.Output) { Write-Host $result.Output }
-    return $result.ExitCode
-}
 
 # Numeric STATE from `sc.exe query` (1 STOPPED, 3 STOP_PENDING, 4 RUNNING, ...),
 # or $null when the service does not exist.
@@ -195,7 +163,7 @@ function Remove-TestCertificate {
     }
 }
 
-Assert-Administrator
+Assert-Administrator -Purpose 'Removing drivers and services'
 foreach ($name in $Drivers) { Stop-Driver -Name $name }
 if ($LinuxImage) { Remove-LinuxImage } else { Remove-Packages }
 if ($RemoveTestCertificate) { Remove-TestCertificate }

@@ -77,18 +77,13 @@ param(
 Set-StrictMode -Version Latest
 $ErrorActionPreference = 'Stop'
 
+# Assert-Administrator, Invoke-Native, Invoke-NativeCapture.
+. (Join-Path $PSScriptRoot 'NmrCommon.ps1')
+
 $DriverImages = @('nmr_client.sys', 'nmr_provider.sys')
 # /standard as /flags bits (see the table above), and the same plus 0x4.
 $StandardFlags = 0x209BB
 $LowResourcesFlags = $StandardFlags -bor 0x4   # 0x209BF
-
-function Assert-Administrator {
-    $identity = [Security.Principal.WindowsIdentity]::GetCurrent()
-    $principal = New-Object Security.Principal.WindowsPrincipal($identity)
-    if (-not $principal.IsInRole([Security.Principal.WindowsBuiltInRole]::Administrator)) {
-        throw 'Driver Verifier settings need an elevated PowerShell ("Run as administrator").'
-    }
-}
 
 # Runs verifier.exe, prints its output, and throws unless the exit code is allowed.
 # verifier.exe has been seen to exit with 2 after a successful change that needs
@@ -110,8 +105,7 @@ function Invoke-Verifier {
     Write-Host $output.TrimEnd()
 }
 
-Assert-Administrator
-
+Assert-Administrator -Purpose 'Changing Driver Verifier settings'
 switch ($PSCmdlet.ParameterSetName) {
     'Enable' {
         if ($LowResources) {

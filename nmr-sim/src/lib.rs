@@ -30,6 +30,7 @@ mod level;
 mod lock;
 mod log;
 mod nmr_impl;
+mod processor;
 mod register;
 mod report;
 mod sim;

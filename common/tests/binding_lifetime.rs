@@ -198,6 +198,8 @@ fn releases_on_other_threads_free_the_binding_through_the_set() {
             );
         }
         assert!(set.is_empty());
+        // The set holds the NMR, which holds the set: break the cycle.
+        *nmr.0.set.lock().unwrap() = None;
     }
 }
 

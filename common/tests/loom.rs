@@ -11,21 +11,36 @@
 //! - no call admitted once the drain has begun;
 //! - with both sides detaching, one cleanup per side, after both completed.
 //!
+//! - a call released on the slot that admitted it, after moving to another
+//!   processor; the drain racing releases on every slot and its own summing;
+//! - the binding set's lookup (per-processor reader locks) against a cleanup
+//!   that unlinks and frees the binding inline (the set's list is a loom cell).
+//!
 //! Run with
 //! `RUSTFLAGS="--cfg loom" cargo test -p nmr-common --release --test loom --target-dir target/loom`
-//! (under a minute on two cores). The three rundown models and
-//! `binding_last_call_vs_detach` are exhaustive; `binding_calls_vs_detach` is
-//! bounded at 5 preemptions and `binding_both_sides_detach` (five threads) at
-//! 3. `LOOM_MAX_PREEMPTIONS` overrides every bound.
+//! (a few minutes on two cores). `rundown_two_calls_vs_drain`,
+//! `rundown_last_release_vs_drain`, `rundown_acquire_fails_after_drain`,
+//! `rundown_migrated_release_vs_drain` and `binding_last_call_vs_detach` are
+//! exhaustive; `rundown_releases_on_every_slot_vs_drain_summing` and
+//! `binding_set_worker_round_vs_detach_and_cleanup` are bounded at 3
+//! preemptions, `binding_calls_vs_detach` at 5 and `binding_both_sides_detach`
+//! (five threads) at 3. `LOOM_MAX_PREEMPTIONS` overrides every bound.
 //!
-//! Each of these breakages of `rundown.rs` fails at least four models: an
-//! acquire that increments first and backs out when draining (with a bare
-//! `fetch_sub`: a lost completion; through a release: a double or a
-//! post-SUCCESS completion); a release that completes on `count == 1`
-//! ignoring `DRAINING`, or on every release that sees `DRAINING`; a release
-//! with `Release` instead of `AcqRel` (a completion that does not see the last
-//! call's effects). A drain with `Release` instead of `AcqRel` fails
-//! `binding_both_sides_detach` (a cleanup unordered with a call).
+//! Breakages of the per-processor rundown each of which these models catch
+//! (tried, then reverted): releasing on the current processor's slot instead
+//! of the guard's (2 models: a slot counted forever, no report); the drain
+//! storing its total into `pending` instead of adding it (6: lost reports);
+//! a slot release with `Relaxed` instead of `Release` (6: a report that does
+//! not see the last call); reporting when the releaser's own slot empties,
+//! ignoring the others (6: reports after Drained, and early). Writers of the
+//! binding set taking only the first processor's lock fail the set model
+//! (loom: concurrent read and write of the list). "Increment first, back out
+//! when draining" with a bare `fetch_sub` is *not* a counting bug here: the
+//! drain reads each slot once, atomically, so a later transient increment is
+//! never in its total. The CAS stays: a refused caller writes nothing, so
+//! after the drain a slot changes only by counted releases, and a binding
+//! whose drain completed is never written again (the cleanup's check of zero
+//! calls in flight, and its free, cannot race a transient increment).
 
 #![cfg(loom)]
 

@@ -31,6 +31,14 @@ pub(crate) fn current_processor(forced: Option<u32>) -> u32 {
     }
 }
 
+/// Under Miri, two (with per-thread indices): it cannot read the host's
+/// count (std reads cgroup files, which Miri's isolation refuses).
+#[cfg(miri)]
+fn host_count() -> u32 {
+    2
+}
+
+#[cfg(not(miri))]
 fn host_count() -> u32 {
     static COUNT: AtomicU32 = AtomicU32::new(0);
     match COUNT.load(Ordering::Relaxed) {

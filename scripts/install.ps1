@@ -159,6 +159,11 @@ function Resolve-Packages {
     }
     if (Test-Path -LiteralPath $linux -PathType Leaf) {
         Write-Host "Packages built on Linux (scripts/build-sys.sh) in $Root"
+        # sign-sys.sh exports nmr_test.cer when it signs; without it the images
+        # and catalogs are unsigned and pnputil would refuse them.
+        if (-not (Test-Path -LiteralPath (Join-Path $Root 'nmr_test.cer') -PathType Leaf)) {
+            throw "No nmr_test.cer in ${Root}: this Linux build was not test-signed. Build it with scripts/build-sys.sh --sign."
+        }
         return @($Drivers | ForEach-Object {
                 [pscustomobject]@{ Name = $_; Inf = (Join-Path $Root "$_.inf"); Cer = (Join-Path $Root 'nmr_test.cer') }
             })

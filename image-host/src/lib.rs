@@ -48,6 +48,10 @@ pub mod problems;
 mod registry;
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 mod stack;
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+pub mod stress;
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+pub mod systematic;
 
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 pub use bind::{NETIO, NTOSKRNL, stand_ins};

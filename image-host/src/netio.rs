@@ -50,7 +50,9 @@ pub(crate) extern "win64" fn nmr_register_client(
     };
     // SAFETY: the image upholds NmrRegisterClient's contract; its callbacks
     // are Windows x64 functions (it was compiled for x86_64-pc-windows-msvc).
-    on_host_stack(|| unsafe { sim.register_client_win64(characteristics, context, handle) })
+    crate::plan::in_register(|| {
+        on_host_stack(|| unsafe { sim.register_client_win64(characteristics, context, handle) })
+    })
 }
 
 /// `NmrRegisterProvider`; the thunk adds the image in R9.
@@ -68,7 +70,9 @@ pub(crate) extern "win64" fn nmr_register_provider(
         return STATUS_UNSUCCESSFUL;
     };
     // SAFETY: as for nmr_register_client.
-    on_host_stack(|| unsafe { sim.register_provider_win64(characteristics, context, handle) })
+    crate::plan::in_register(|| {
+        on_host_stack(|| unsafe { sim.register_provider_win64(characteristics, context, handle) })
+    })
 }
 
 /// `NmrDeregisterClient`; the thunk adds the image in RDX.

@@ -40,11 +40,31 @@ pub struct Reached {
     pub image: String,
     /// Whether the plan failed it.
     pub failed: bool,
+    /// Whether it was made inside an attach callback run by the image's own
+    /// `NmrRegister*` call (a failure there may only cost the binding).
+    pub during_attach: bool,
+}
+
+thread_local! {
+    static IN_REGISTER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` marked as the image's own `NmrRegister*` call: the fallible
+/// calls made meanwhile on this thread come from its attach callbacks.
+pub(crate) fn in_register<R>(f: impl FnOnce() -> R) -> R {
+    let was = IN_REGISTER.with(|c| c.replace(true));
+    let r = f();
+    IN_REGISTER.with(|c| c.set(was));
+    r
 }
 
 impl fmt::Display for Reached {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} in {}", self.site, self.image)
+        write!(f, "{} in {}", self.site, self.image)?;
+        if self.during_attach {
+            f.write_str(" (inside the attach)")?;
+        }
+        Ok(())
     }
 }
 
@@ -69,12 +89,15 @@ pub enum FaultMode {
 
 struct State {
     mode: FaultMode,
+    /// Only this image's calls are counted and failed (None: every image's).
+    only: Option<String>,
     rng: u64,
     reached: Vec<Reached>,
 }
 
 static PLAN: Mutex<State> = Mutex::new(State {
     mode: FaultMode::Off,
+    only: None,
     rng: 0,
     reached: Vec::new(),
 });
@@ -87,10 +110,17 @@ fn plan() -> std::sync::MutexGuard<'static, State> {
 pub struct FaultPlan;
 
 impl FaultPlan {
-    /// Sets the mode and clears the count.
+    /// Sets the mode and clears the count; every image's calls count.
     pub fn set(mode: FaultMode) {
+        Self::set_for(mode, None);
+    }
+
+    /// Sets the mode and clears the count; only calls made by the image
+    /// named `only` (when given) are counted and may fail.
+    pub fn set_for(mode: FaultMode, only: Option<&str>) {
         let mut p = plan();
         p.mode = mode;
+        p.only = only.map(str::to_owned);
         p.rng = match mode {
             FaultMode::Random { seed, .. } => seed ^ 0x9E37_79B9_7F4A_7C15,
             _ => 0,
@@ -106,6 +136,9 @@ impl FaultPlan {
     /// Asks whether this call fails (and counts it). Called by the stand-ins.
     pub(crate) fn should_fail(site: Site, image: &str) -> bool {
         let mut p = plan();
+        if p.only.as_deref().is_some_and(|only| only != image) {
+            return false;
+        }
         let index = p.reached.len();
         let failed = match p.mode {
             FaultMode::Off => false,
@@ -120,10 +153,12 @@ impl FaultPlan {
                 (x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 32) % 1_000_000 < u64::from(per_million)
             }
         };
+        let during_attach = IN_REGISTER.with(std::cell::Cell::get);
         p.reached.push(Reached {
             site,
             image: image.to_owned(),
             failed,
+            during_attach,
         });
         failed
     }

@@ -10,6 +10,7 @@
 
 pub mod alloc_count;
 pub mod demo;
+pub mod images;
 pub mod stress;
 
 use std::collections::HashMap;

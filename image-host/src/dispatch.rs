@@ -83,7 +83,7 @@ pub(crate) fn wrap(table: *const std::ffi::c_void) -> *const std::ffi::c_void {
     for offset in (8..size).step_by(8) {
         // SAFETY: inside the copy just made.
         let target = unsafe { base.add(offset).cast::<usize>().read_unaligned() };
-        if !registry::image_at(target).is_some_and(|i| i.base == image.base) {
+        if registry::image_at(target).is_none_or(|i| i.base != image.base) {
             continue; // not a function of this image: left as is
         }
         let mut code = Vec::with_capacity(THUNK_SIZE);

@@ -174,12 +174,12 @@ impl Driver {
             .filter(|&o| before[o..o + 8] != self.object.0[o..o + 8])
             .collect();
         for &offset in changed.iter().filter(|&&o| o != DRIVER_UNLOAD_OFFSET) {
-            let field =
-                if offset >= MAJOR_FUNCTION_OFFSET && offset < MAJOR_FUNCTION_OFFSET + 28 * 8 {
-                    format!("MajorFunction[{}]", (offset - MAJOR_FUNCTION_OFFSET) / 8)
-                } else {
-                    "a field the drivers do not set".into()
-                };
+            let field = if (MAJOR_FUNCTION_OFFSET..MAJOR_FUNCTION_OFFSET + 28 * 8).contains(&offset)
+            {
+                format!("MajorFunction[{}]", (offset - MAJOR_FUNCTION_OFFSET) / 8)
+            } else {
+                "a field the drivers do not set".into()
+            };
             problems::report(
                 Kind::NoUnload,
                 self.name(),

@@ -68,5 +68,8 @@ pub use plan::{FaultMode, FaultPlan, Reached, Site};
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 pub use stack::KERNEL_STACK_SIZE;
 
+#[cfg(all(test, target_os = "linux", target_arch = "x86_64"))]
+mod tests;
+
 /// Whether this build can run the images (x86_64 Linux).
 pub const SUPPORTED: bool = cfg!(all(target_os = "linux", target_arch = "x86_64"));

@@ -1,7 +1,9 @@
 //! The model the loaded images are bound to. The stand-ins are plain
 //! `extern "win64"` functions with no context, so the NETIO ones find the
 //! [`Sim`] here. One model at a time: [`ModelBinding::bind`] waits until the
-//! previous binding is dropped.
+//! previous binding is dropped. Holding the binding is also what serialises
+//! the users of the stand-ins' other process-global state (the fault plan,
+//! the problems, the knobs): take it first.
 
 use std::sync::{Mutex, MutexGuard, RwLock};
 

@@ -51,6 +51,7 @@ pub(crate) extern "win64" fn nmr_register_client(
     // SAFETY: the image upholds NmrRegisterClient's contract; its callbacks
     // are Windows x64 functions (it was compiled for x86_64-pc-windows-msvc).
     crate::plan::in_register(|| {
+        // SAFETY: as above.
         on_host_stack(|| unsafe { sim.register_client_win64(characteristics, context, handle) })
     })
 }
@@ -71,6 +72,7 @@ pub(crate) extern "win64" fn nmr_register_provider(
     };
     // SAFETY: as for nmr_register_client.
     crate::plan::in_register(|| {
+        // SAFETY: as above.
         on_host_stack(|| unsafe { sim.register_provider_win64(characteristics, context, handle) })
     })
 }
@@ -125,8 +127,8 @@ pub(crate) extern "win64" fn nmr_wait_for_provider_deregister_complete(handle: H
     on_host_stack(|| unsafe { sim.wait_for_provider_deregister_complete(handle) })
 }
 
-/// `NmrClientAttachProvider`. The calling image is the one whose dispatch
-/// table (a static) the client passes.
+/// `NmrClientAttachProvider`. The calling image is the one that allocated
+/// the binding context it passes (or whose image holds it).
 pub(crate) extern "win64" fn nmr_client_attach_provider(
     binding: HANDLE,
     client_binding_context: *mut c_void,
@@ -134,7 +136,9 @@ pub(crate) extern "win64" fn nmr_client_attach_provider(
     provider_binding_context: *mut *mut c_void,
     provider_dispatch: *mut *const c_void,
 ) -> NTSTATUS {
-    let name = name_at(client_dispatch as usize);
+    let name = crate::pool::owner_of(client_binding_context as usize)
+        .or_else(|| crate::pool::owner_of(client_dispatch as usize))
+        .unwrap_or_else(|| name_at(client_dispatch as usize));
     if FaultPlan::should_fail(Site::NmrClientAttachProvider, name) {
         return INJECTED;
     }

@@ -495,11 +495,11 @@ pub(crate) extern "win64" fn ke_bug_check_ex(
         let mut file = String::new();
         if crate::registry::image_at(p2).is_some() {
             for i in 0..200 {
-                // SAFETY: inside a mapped image's readable sections (checked
-                // per byte: the name ends before the image does).
                 if crate::registry::image_at(p2 + i).is_none() {
                     break;
                 }
+                // SAFETY: inside a mapped image (checked per byte just above),
+                // whose sections are all readable.
                 let b = unsafe { *((p2 + i) as *const u8) };
                 if !(b.is_ascii_alphanumeric() || b"/\\._-".contains(&b)) {
                     break;

@@ -151,6 +151,9 @@ pub fn free(ptr: *mut u8, tag: u32, caller: &'static str) {
             );
         }
         let rounded = block.size.max(1).next_multiple_of(ALIGN);
+        // The block's address from its own pages, not from the caller.
+        // SAFETY: `offset` lies inside the block's pages.
+        let ptr = unsafe { block.pages.base().add(block.offset) };
         // SAFETY: the block's bytes and slack lie in its RW pages.
         let slack =
             unsafe { std::slice::from_raw_parts(ptr.add(block.size), rounded - block.size) };
@@ -218,6 +221,16 @@ pub fn readable_range(addr: usize) -> Option<(usize, usize)> {
             .iter()
             .find(|(p, b)| addr >= **p && addr < **p + b.size)
             .map(|(p, b)| (*p, b.size))
+    })
+}
+
+/// The image that allocated the live block containing `addr`.
+pub fn owner_of(addr: usize) -> Option<&'static str> {
+    with_pool(|pool| {
+        pool.live
+            .iter()
+            .find(|(p, b)| addr >= **p && addr < **p + b.size.max(1))
+            .map(|(_, b)| b.image_name)
     })
 }
 

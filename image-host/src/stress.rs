@@ -92,7 +92,7 @@ pub struct ImageReport {
     pub leaked_registrations: u64,
     /// Pool figures.
     pub pool: PoolStats,
-    /// Pool blocks live at the end.
+    /// Pool blocks live at the end that were not live at the start.
     pub pool_live_blocks: usize,
     /// Thread figures.
     pub threads: ThreadStats,
@@ -337,6 +337,9 @@ pub fn run(config: &ImageStressConfig, progress: &dyn Fn(u64)) -> Result<ImageRe
         ));
     }
     let start = Instant::now();
+    // First: the stand-ins' knobs, plan and problems are process-global, and
+    // the binding is what serialises their users.
+    let binding = ModelBinding::bind(Sim::new(Config::default().recording()));
     let mut report = ImageReport::default();
     let trace = Arc::new(Mutex::new(Vec::new()));
     if config.trace {
@@ -358,13 +361,15 @@ pub fn run(config: &ImageStressConfig, progress: &dyn Fn(u64)) -> Result<ImageRe
         ntoskrnl::thread_stats(),
         ntoskrnl::trace_lines(),
     );
+    // Blocks of drivers kept from before (a deliberately failed deregistration
+    // keeps its module for good) are not this run's.
+    let live0 = pool::live_blocks();
     let calls0 = (
         crate::dispatch::calls_into(PROVIDER_IMAGE),
         crate::dispatch::calls_into(CLIENT_IMAGE),
     );
 
     let configs = Config::all_orders();
-    let binding = ModelBinding::bind(Sim::new(Config::default().recording()));
     let mut rng = Rng(config.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
     let done = |cycles: u64| match config.cycles {
         Some(n) => cycles >= n,
@@ -482,7 +487,7 @@ pub fn run(config: &ImageStressConfig, progress: &dyn Fn(u64)) -> Result<ImageRe
         failed: pool1.failed - pool0.failed,
         ..pool1
     };
-    report.pool_live_blocks = pool::live_blocks();
+    report.pool_live_blocks = pool::live_blocks().saturating_sub(live0);
     report.threads = ThreadStats {
         created: threads1.created - threads0.created,
         ..threads1

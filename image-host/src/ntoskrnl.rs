@@ -41,7 +41,9 @@ static CALL_LATENCY_US: AtomicU32 = AtomicU32::new(0);
 /// that a short run makes many calls.
 static DELAY_CAP_US: AtomicU32 = AtomicU32::new(u32::MAX);
 
-/// Sets the call latency knob (see [`CALL_LATENCY_US`]).
+/// Sets the call latency knob: how long an image's worker thread is held
+/// in `KeReleaseSpinLock` when it lowers to PASSIVE, with its NPI call's
+/// rundown already taken (so detaches find the call in flight: PENDING).
 pub fn set_call_latency_us(us: u32) {
     CALL_LATENCY_US.store(us, Ordering::Relaxed);
 }

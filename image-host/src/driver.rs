@@ -102,7 +102,8 @@ impl Driver {
             ctx.name,
             ctx.path,
             image.preferred_base(),
-        );
+        )
+        .ok_or_else(|| LoadError::Os("too many images mapped at once".into()))?;
         IDS.lock()
             .unwrap_or_else(|e| e.into_inner())
             .push((image.base(), image.size(), ctx.id));

@@ -5,7 +5,11 @@
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-const SLOTS: usize = 64;
+/// Ranges registered at once, per table. Images that cannot be unloaded
+/// stay registered for good, so this is generous; the scan is linear.
+const SLOTS: usize = 1024;
+/// Distinct names and paths.
+const NAMES_MAX: usize = 64;
 
 /// One range with a name: `base == 0` means free.
 struct Slot {
@@ -35,8 +39,8 @@ static GUARDS: [Slot; SLOTS] = [EMPTY; SLOTS];
 /// bounds what is leaked to make them `'static` for the signal handler.
 static NAMES: Mutex<Vec<&'static str>> = Mutex::new(Vec::new());
 /// The same strings, readable without a lock: pointer and length per index.
-static NAME_PTRS: [AtomicUsize; SLOTS] = [const { AtomicUsize::new(0) }; SLOTS];
-static NAME_LENS: [AtomicUsize; SLOTS] = [const { AtomicUsize::new(0) }; SLOTS];
+static NAME_PTRS: [AtomicUsize; NAMES_MAX] = [const { AtomicUsize::new(0) }; NAMES_MAX];
+static NAME_LENS: [AtomicUsize; NAMES_MAX] = [const { AtomicUsize::new(0) }; NAMES_MAX];
 
 fn intern(s: &str) -> usize {
     let mut names = NAMES.lock().unwrap_or_else(|e| e.into_inner());
@@ -90,7 +94,7 @@ fn register(
     name: &str,
     path: &str,
     preferred: u64,
-) -> Registered {
+) -> Option<Registered> {
     let (name, path) = (intern(name), intern(path));
     for (index, slot) in table.iter().enumerate() {
         // Claim with a placeholder base of 1, fill in, then publish the base.
@@ -104,10 +108,10 @@ fn register(
             slot.path.store(path, Ordering::Relaxed);
             slot.preferred.store(preferred as usize, Ordering::Relaxed);
             slot.base.store(base, Ordering::Release);
-            return Registered { table, index };
+            return Some(Registered { table, index });
         }
     }
-    panic!("more than {SLOTS} ranges registered at once");
+    None
 }
 
 /// A range found by address.
@@ -137,19 +141,20 @@ fn find(table: &'static [Slot; SLOTS], addr: usize) -> Option<Found> {
     })
 }
 
-/// Registers a mapped image.
+/// Registers a mapped image; None when the table is full.
 pub fn register_image(
     base: usize,
     len: usize,
     name: &str,
     path: &str,
     preferred: u64,
-) -> Registered {
+) -> Option<Registered> {
     register(&IMAGES, base, len, name, path, preferred)
 }
 
-/// Registers the guard page of a kernel stack, owned by the image `name`.
-pub fn register_guard(base: usize, len: usize, name: &str, path: &str) -> Registered {
+/// Registers the guard page of a kernel stack, owned by the image `name`;
+/// None when the table is full.
+pub fn register_guard(base: usize, len: usize, name: &str, path: &str) -> Option<Registered> {
     register(&GUARDS, base, len, name, path, 0)
 }
 

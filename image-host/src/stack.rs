@@ -36,7 +36,8 @@ impl KernelStack {
                 .add(guard)
                 .write_bytes(STACK_FILL, KERNEL_STACK_SIZE)
         };
-        let registered = registry::register_guard(pages.base() as usize, guard, image, path);
+        let registered = registry::register_guard(pages.base() as usize, guard, image, path)
+            .ok_or_else(|| LoadError::Os("too many kernel stacks at once".into()))?;
         Ok(KernelStack {
             pages,
             _guard: registered,

@@ -7,7 +7,7 @@
 
 use std::fmt::Write as _;
 use std::sync::Once;
-use std::sync::atomic::{AtomicPtr, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
 
 use crate::registry;
 
@@ -20,9 +20,17 @@ const SIGNALS: [libc::c_int; 4] = [libc::SIGSEGV, libc::SIGBUS, libc::SIGILL, li
 static PREVIOUS: [AtomicPtr<libc::sigaction>; 4] =
     [const { AtomicPtr::new(std::ptr::null_mut()) }; 4];
 
+/// Set by the first fault reported.
+static REPORTING: AtomicBool = AtomicBool::new(false);
+/// Where the report is formatted (no allocation in a signal handler).
+static mut REPORT: Buf = Buf {
+    bytes: [0; 2048],
+    len: 0,
+};
+
 /// A fixed buffer for formatting in the signal handler (no allocation).
 struct Buf {
-    bytes: [u8; 1024],
+    bytes: [u8; 2048],
     len: usize,
 }
 
@@ -48,11 +56,12 @@ fn signal_name(sig: libc::c_int) -> &'static str {
 extern "C" fn on_fault(sig: libc::c_int, info: *mut libc::siginfo_t, context: *mut libc::c_void) {
     // SAFETY: the kernel passes a valid siginfo and ucontext to an
     // SA_SIGINFO handler.
-    let (addr, rip) = unsafe {
+    let (addr, rip, rsp) = unsafe {
         let uc = &*context.cast::<libc::ucontext_t>();
         (
             (*info).si_addr() as usize,
             uc.uc_mcontext.gregs[libc::REG_RIP as usize] as usize,
+            uc.uc_mcontext.gregs[libc::REG_RSP as usize] as usize,
         )
     };
     let guard = registry::guard_at(addr);
@@ -75,10 +84,17 @@ extern "C" fn on_fault(sig: libc::c_int, info: *mut libc::siginfo_t, context: *m
         }
         return;
     }
-    let mut b = Buf {
-        bytes: [0; 1024],
-        len: 0,
-    };
+    // One report at a time, into a static buffer (the alternate signal stack
+    // is small); a second thread faulting meanwhile waits for the exit.
+    if REPORTING.swap(true, Ordering::AcqRel) {
+        loop {
+            // SAFETY: pause(2) is async-signal-safe; the first report exits.
+            unsafe { libc::pause() };
+        }
+    }
+    let report = &raw mut REPORT;
+    // SAFETY: only the thread that won REPORTING gets here, once.
+    let b = unsafe { &mut *report };
     let _ = write!(b, "\nFAULT: {} ", signal_name(sig));
     if let Some(g) = guard {
         let _ = write!(
@@ -110,11 +126,52 @@ extern "C" fn on_fault(sig: libc::c_int, info: *mut libc::siginfo_t, context: *m
             );
         }
     }
+    // The words on the stack that point into image code: the callers (return
+    // addresses), most recent first; for a fault in a leaf such as __chkstk
+    // the first is the function that needed the big frame.
+    let mut shown = 0;
+    for i in 0..512 {
+        let Some(word) = read_word(rsp + 8 * i) else {
+            break;
+        };
+        if let Some(img) = registry::image_at(word) {
+            let offset = word - img.base;
+            let _ = writeln!(
+                b,
+                "  called from {}+{:#x}: llvm-symbolizer --obj={} {:#x}",
+                img.name,
+                offset,
+                img.path,
+                img.preferred + offset
+            );
+            shown += 1;
+            if shown == 4 {
+                break;
+            }
+        }
+    }
     // SAFETY: write(2) and _exit(2) are async-signal-safe.
     unsafe {
         libc::write(2, b.bytes.as_ptr().cast(), b.len);
         libc::_exit(FAULT_EXIT_CODE);
     }
+}
+
+/// Reads a word of this process's memory without faulting (None if it is
+/// not mapped): `process_vm_readv` on ourselves is async-signal-safe.
+fn read_word(addr: usize) -> Option<usize> {
+    let mut word = 0usize;
+    let local = libc::iovec {
+        iov_base: (&raw mut word).cast(),
+        iov_len: 8,
+    };
+    let remote = libc::iovec {
+        iov_base: addr as *mut libc::c_void,
+        iov_len: 8,
+    };
+    // SAFETY: reads 8 bytes into `word`; the kernel checks `addr`.
+    let n = unsafe { libc::process_vm_readv(libc::getpid(), &local, 1, &remote, 1, 0) };
+    (n == 8).then_some(word)
 }
 
 /// Installs the fault handler once, for the whole process.

@@ -92,7 +92,7 @@ pub struct ImageReport {
     pub leaked_registrations: u64,
     /// Pool figures.
     pub pool: PoolStats,
-    /// Pool blocks live at the end that were not live at the start.
+    /// Pool blocks of this run's loads still live at the end.
     pub pool_live_blocks: usize,
     /// Thread figures.
     pub threads: ThreadStats,
@@ -104,6 +104,8 @@ pub struct ImageReport {
     pub elapsed: Duration,
     /// Trace lines, when asked for.
     pub trace: Vec<String>,
+    /// The load serial of every driver this run loaded.
+    pub loaded_ids: Vec<u64>,
 }
 
 impl ImageReport {
@@ -310,6 +312,7 @@ fn load(dir: &Path, image: &str, report: &mut ImageReport) -> Option<Driver> {
         }
     };
     report.loads += 1;
+    report.loaded_ids.push(d.id());
     let status = d.start();
     if !nt_success(status) {
         report
@@ -361,9 +364,6 @@ pub fn run(config: &ImageStressConfig, progress: &dyn Fn(u64)) -> Result<ImageRe
         ntoskrnl::thread_stats(),
         ntoskrnl::trace_lines(),
     );
-    // Blocks of drivers kept from before (a deliberately failed deregistration
-    // keeps its module for good) are not this run's.
-    let live0 = pool::live_blocks();
     let calls0 = (
         crate::dispatch::calls_into(PROVIDER_IMAGE),
         crate::dispatch::calls_into(CLIENT_IMAGE),
@@ -487,7 +487,13 @@ pub fn run(config: &ImageStressConfig, progress: &dyn Fn(u64)) -> Result<ImageRe
         failed: pool1.failed - pool0.failed,
         ..pool1
     };
-    report.pool_live_blocks = pool::live_blocks().saturating_sub(live0);
+    // Only this run's loads count (another user of the pool may have kept a
+    // module on purpose, after a deliberately failed deregistration).
+    report.pool_live_blocks = report
+        .loaded_ids
+        .iter()
+        .map(|&id| pool::live_blocks_of(id).len())
+        .sum();
     report.threads = ThreadStats {
         created: threads1.created - threads0.created,
         ..threads1

@@ -208,6 +208,20 @@ static THREADS: Mutex<Option<HashMap<usize, ThreadRec>>> = Mutex::new(None);
 static NEXT_HANDLE: AtomicUsize = AtomicUsize::new(1);
 static THREADS_CREATED: AtomicU64 = AtomicU64::new(0);
 static THREADS_RUNNING: AtomicU64 = AtomicU64::new(0);
+/// Image threads running, per load of an image (counted from creation).
+static RUNNING_BY_IMAGE: Mutex<Option<HashMap<u64, u64>>> = Mutex::new(None);
+
+fn running_by_image(image: u64, delta: i64) {
+    let mut g = RUNNING_BY_IMAGE.lock().unwrap_or_else(|e| e.into_inner());
+    let n = g.get_or_insert_with(HashMap::new).entry(image).or_insert(0);
+    *n = n.saturating_add_signed(delta);
+}
+
+/// Threads of the load `image` still running (created and not yet ended).
+pub fn running_threads_of(image: u64) -> u64 {
+    let g = RUNNING_BY_IMAGE.lock().unwrap_or_else(|e| e.into_inner());
+    g.as_ref().and_then(|m| m.get(&image)).copied().unwrap_or(0)
+}
 static THREADS_PEAK: AtomicU64 = AtomicU64::new(0);
 static STACK_PEAK: AtomicUsize = AtomicUsize::new(0);
 
@@ -293,6 +307,7 @@ pub(crate) extern "win64" fn ps_create_system_thread(
     };
     let done = Arc::new((Mutex::new(false), Condvar::new()));
     let done2 = done.clone();
+    running_by_image(image_id, 1);
     let spawned = std::thread::Builder::new()
         .name(format!("{image_name} system thread"))
         .spawn(move || {
@@ -305,11 +320,13 @@ pub(crate) extern "win64" fn ps_create_system_thread(
             STACK_PEAK.fetch_max(stack.used(), Ordering::Relaxed);
             drop(alt);
             THREADS_RUNNING.fetch_sub(1, Ordering::Relaxed);
+            running_by_image(image_id, -1);
             let (m, cv) = &*done2;
             *m.lock().unwrap_or_else(|e| e.into_inner()) = true;
             cv.notify_all();
         });
     let Ok(join) = spawned else {
+        running_by_image(image_id, -1);
         return STATUS_INSUFFICIENT_RESOURCES;
     };
     THREADS_CREATED.fetch_add(1, Ordering::Relaxed);

@@ -496,6 +496,12 @@ pub fn run(config: &ImageStressConfig, progress: &dyn Fn(u64)) -> Result<ImageRe
         .sum();
     report.threads = ThreadStats {
         created: threads1.created - threads0.created,
+        // Only this run's loads (another user may run images meanwhile).
+        running: report
+            .loaded_ids
+            .iter()
+            .map(|&id| ntoskrnl::running_threads_of(id))
+            .sum(),
         ..threads1
     };
     report.trace_lines = ntoskrnl::trace_lines() - lines0;

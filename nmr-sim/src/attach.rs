@@ -48,7 +48,7 @@ impl Sim {
             // them valid until its wait returns; the provider's instance is
             // valid likewise, and the binding handle is the client's own.
             unsafe {
-                f(
+                f.call(
                     std::ptr::without_provenance_mut(id),
                     context.0,
                     provider_instance.0,
@@ -210,7 +210,7 @@ impl Sim {
             // client's instance is valid until its wait returns, and the two
             // out pointers are this frame's locals.
             unsafe {
-                f(
+                f.call(
                     std::ptr::without_provenance_mut(provider_handle),
                     provider_context.0,
                     client_instance.0,

@@ -18,6 +18,7 @@
 //! [`irql::assert_can_block`] catch anything that would block at
 //! DISPATCH_LEVEL.
 
+mod abi;
 mod attach;
 mod callout;
 mod config;

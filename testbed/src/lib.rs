@@ -13,6 +13,7 @@
 pub mod alloc_count;
 pub mod demo;
 pub mod fault;
+pub mod images;
 pub mod stress;
 
 use std::collections::HashMap;

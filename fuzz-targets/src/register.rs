@@ -321,11 +321,10 @@ fn pick(regs: &[Box<Reg>], input: &mut Input<'_>) -> (HANDLE, Side, Option<usize
         let i = usize::from(input.u8()) % regs.len();
         (regs[i].handle, side, Some(i))
     } else {
-        (
-            ptr::without_provenance_mut(input.u32() as usize),
-            side,
-            None,
-        )
+        // A made-up value may be a registration's handle after all (they
+        // are predictable): then it is that registration's.
+        let handle = ptr::without_provenance_mut(input.u32() as usize);
+        (handle, side, regs.iter().position(|r| r.handle == handle))
     }
 }
 

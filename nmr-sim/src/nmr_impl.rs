@@ -13,6 +13,7 @@ use crate::core::Sim;
 use crate::level::{self as irql, Irql};
 use crate::lock::SimLock;
 use crate::log::{LogEntry, Side};
+use crate::running::Mark;
 use crate::state::{AttachFn, Resolved};
 use crate::violation::{Callback, Violation};
 
@@ -118,6 +119,7 @@ impl Nmr for Sim {
     }
 
     fn trace(&self, record: &Record<'_>) {
+        let _running = Mark::model();
         let entry = LogEntry::Module {
             line: record.to_string(),
             event: record.event,
@@ -132,6 +134,7 @@ impl Nmr for Sim {
     }
 
     fn delay(&self, micros: u32) {
+        let _running = Mark::model();
         if irql::current() != Irql::Passive {
             self.report(Violation::BlockingAtDispatch {
                 what: "Nmr::delay",
@@ -143,6 +146,7 @@ impl Nmr for Sim {
     }
 
     fn incoming_call(&self, callee_binding: HANDLE) {
+        let _running = Mark::model();
         let h = callee_binding as usize;
         let v = {
             let mut st = self.state();

@@ -391,7 +391,46 @@ pub struct BindingSet<N: Nmr, D: 'static, T> {
     nmr: N,
     locks: PerProcessor<ReaderLock<N::Lock>>,
     // Read by a holder of any one lock; written only by a holder of them all.
-    list: CheckedCell<Vec<Linked<Binding<N, D, T>>>>,
+    list: CheckedCell<Links<Binding<N, D, T>>>,
+}
+
+/// The linked bindings, and the places held for bindings not linked yet:
+/// `linked.capacity() >= linked.len() + reserved` always, so linking a
+/// reserved binding never allocates.
+struct Links<B> {
+    linked: Vec<Linked<B>>,
+    reserved: usize,
+}
+
+/// A place in a [`BindingSet`] held for one binding. A client takes it
+/// before `NmrClientAttachProvider`, after which the binding cannot be
+/// declined any more, so that linking it then cannot fail for want of
+/// memory. Dropped unused, it gives the place back.
+pub struct Reservation<'a, N: Nmr, D: Sync + 'static, T: Sync> {
+    set: &'a BindingSet<N, D, T>,
+}
+
+impl<N: Nmr, D: Sync + 'static, T: Sync> Reservation<'_, N, D, T> {
+    /// Links `binding` in the place held for it: never allocates, never fails.
+    ///
+    /// # Safety
+    ///
+    /// As [`BindingSet::insert`].
+    pub unsafe fn link(self, binding: NonNull<Binding<N, D, T>>) {
+        let set = self.set;
+        core::mem::forget(self);
+        set.write().with_list(|links| {
+            links.reserved -= 1;
+            debug_assert!(links.linked.len() < links.linked.capacity());
+            links.linked.push(Linked(binding));
+        });
+    }
+}
+
+impl<N: Nmr, D: Sync + 'static, T: Sync> Drop for Reservation<'_, N, D, T> {
+    fn drop(&mut self) {
+        self.set.write().with_list(|links| links.reserved -= 1);
+    }
 }
 
 /// One processor's lock, and the IRQL a writer saved when it took it (a
@@ -425,7 +464,7 @@ impl<N: Nmr, D: 'static, T> ReadGuard<'_, N, D, T> {
     fn with_list<R>(&self, f: impl FnOnce(&[Linked<Binding<N, D, T>>]) -> R) -> R {
         // SAFETY: we hold one lock, and writers hold all of them: no write
         // overlaps this shared borrow, which ends with the closure.
-        self.set.list.with(|list| f(unsafe { &*list }))
+        self.set.list.with(|links| f(unsafe { &(*links).linked }))
     }
 }
 
@@ -444,7 +483,7 @@ struct WriteGuard<'a, N: Nmr, D: 'static, T> {
 }
 
 impl<N: Nmr, D: 'static, T> WriteGuard<'_, N, D, T> {
-    fn with_list<R>(&mut self, f: impl FnOnce(&mut Vec<Linked<Binding<N, D, T>>>) -> R) -> R {
+    fn with_list<R>(&mut self, f: impl FnOnce(&mut Links<Binding<N, D, T>>) -> R) -> R {
         // SAFETY: we hold every lock, so no reader or other writer reaches the
         // list; `&mut self` makes this the only borrow derived from it, and it
         // ends with the closure.
@@ -478,7 +517,10 @@ impl<N: Nmr, D: Sync + 'static, T: Sync> BindingSet<N, D, T> {
         Ok(BindingSet {
             nmr,
             locks,
-            list: CheckedCell::new(Vec::new()),
+            list: CheckedCell::new(Links {
+                linked: Vec::new(),
+                reserved: 0,
+            }),
         })
     }
 
@@ -514,25 +556,38 @@ impl<N: Nmr, D: Sync + 'static, T: Sync> BindingSet<N, D, T> {
     ///
     /// `binding` stays valid until it is removed with [`BindingSet::remove`].
     pub unsafe fn insert(&self, binding: NonNull<Binding<N, D, T>>) -> Result<(), OutOfMemory> {
-        self.write().with_list(|list| {
-            list.try_reserve(1).map_err(|_| OutOfMemory)?;
-            list.push(Linked(binding));
+        let place = self.reserve()?;
+        // SAFETY: forwarded: see the function's contract.
+        unsafe { place.link(binding) };
+        Ok(())
+    }
+
+    /// Holds a place for one more binding. `Err` when the heap is exhausted
+    /// (decline the attach).
+    pub fn reserve(&self) -> Result<Reservation<'_, N, D, T>, OutOfMemory> {
+        self.write().with_list(|links| {
+            let wanted = links.reserved + 1;
+            links.linked.try_reserve(wanted).map_err(|_| OutOfMemory)?;
+            links.reserved = wanted;
             Ok(())
-        })
+        })?;
+        Ok(Reservation { set: self })
     }
 
     /// Unlinks a binding; false if it was not linked. Once this returns, no
     /// caller can find it, and every caller that found it has acquired its
     /// call (or been refused): the binding may be freed.
     pub fn remove(&self, binding: NonNull<Binding<N, D, T>>) -> bool {
-        self.write()
-            .with_list(|list| match list.iter().position(|b| b.0 == binding) {
+        self.write().with_list(|links| {
+            let list = &mut links.linked;
+            match list.iter().position(|b| b.0 == binding) {
                 Some(i) => {
                     list.swap_remove(i);
                     true
                 }
                 None => false,
-            })
+            }
+        })
     }
 
     /// How many bindings are linked.

@@ -18,6 +18,7 @@
 //! [`irql::assert_can_block`] catch anything that would block at
 //! DISPATCH_LEVEL.
 
+mod abi;
 mod attach;
 mod callout;
 mod config;
@@ -33,6 +34,7 @@ mod nmr_impl;
 mod processor;
 mod register;
 mod report;
+pub mod running;
 mod sim;
 mod state;
 mod violation;
@@ -43,5 +45,6 @@ pub use core::Sim;
 pub use irql::Irql;
 pub use lock::SimLock;
 pub use log::{LogEntry, NmrEvent, Side};
+pub use running::Running;
 pub use state::{BindingInfo, Stats};
 pub use violation::{Callback, Violation};

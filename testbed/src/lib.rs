@@ -9,9 +9,13 @@
 //! - [`alloc_count`]: a counting global allocator, for leak checks.
 //! - [`throughput`]: calls per second through the real modules, 1 and 2
 //!   calling threads (`testbed throughput`).
+//! - [`fault`]: systematic fault injection: every allocation the modules
+//!   make, failed in turn.
 
 pub mod alloc_count;
 pub mod demo;
+pub mod fault;
+pub mod images;
 pub mod stress;
 pub mod throughput;
 

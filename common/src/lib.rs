@@ -6,7 +6,8 @@
 //! - [`ffi`]: the `netioddk.h` ABI, declared by hand and pinned by layout checks.
 //! - [`nmr`]: the [`nmr::Nmr`] seam and its Windows implementation.
 //! - [`npi`]: this project's NPI: id, versions, dispatch tables, checksum.
-//! - [`rundown`]: the in-flight call counter.
+//! - [`percpu`]: one cache-line-padded value per processor.
+//! - [`rundown`]: the in-flight call counter, one slot per processor.
 //! - [`binding`]: one side of one binding, and a module's set of bindings.
 //! - [`module`]: registration, deregistration and the wait, once each.
 //! - [`sync`]: a DISPATCH-safe spin lock over the platform's raw lock.
@@ -22,6 +23,7 @@ pub mod ffi;
 pub mod module;
 pub mod nmr;
 pub mod npi;
+pub mod percpu;
 pub mod rundown;
 pub mod sync;
 pub mod trace;

@@ -106,6 +106,20 @@ pub trait Nmr: Clone + Send + Sync + 'static {
     /// Waits `micros` microseconds (PASSIVE only): the provider's latency knob.
     fn delay(&self, micros: u32);
 
+    /// How many processors the system can have, at least 1: the slot count of
+    /// a per-processor rundown (any IRQL). On Windows,
+    /// `KeQueryMaximumProcessorCountEx(ALL_PROCESSOR_GROUPS)`, which counts
+    /// every group and the processors that may be hot-added later, so that
+    /// [`Nmr::current_processor`] stays below it.
+    fn processor_count(&self) -> u32;
+
+    /// The index of the processor the calling thread runs on, below
+    /// [`Nmr::processor_count`] (any IRQL). On Windows,
+    /// `KeGetCurrentProcessorNumberEx(NULL)`. A thread below DISPATCH_LEVEL
+    /// may move to another processor right after: a hint to pick a slot with,
+    /// never an identity (a guard remembers its slot instead).
+    fn current_processor(&self) -> u32;
+
     /// A dispatch function reports that the peer called it through the binding
     /// whose handle (on the callee's side) is `callee_binding`. The real NMR
     /// never sees NPI calls, so on Windows this does nothing and compiles away;
@@ -133,7 +147,13 @@ mod netio_impl {
     #[cfg_attr(not(feature = "raw-dylib"), link(name = "ntoskrnl"))]
     unsafe extern "system" {
         fn KeDelayExecutionThread(WaitMode: i8, Alertable: u8, Interval: *const i64) -> NTSTATUS;
+        fn KeQueryMaximumProcessorCountEx(GroupNumber: u16) -> u32;
+        // `ProcNumber` is a `PPROCESSOR_NUMBER`; we always pass NULL.
+        fn KeGetCurrentProcessorNumberEx(ProcNumber: *mut c_void) -> u32;
     }
+
+    /// `ALL_PROCESSOR_GROUPS` (wdm.h): count the processors of every group.
+    const ALL_PROCESSOR_GROUPS: u16 = 0xffff;
 
     impl Nmr for Netio {
         type Lock = crate::sync::KernelSpinLock;
@@ -208,6 +228,16 @@ mod netio_impl {
             // SAFETY: `interval` is a valid LARGE_INTEGER for the call's
             // duration; KernelMode (0), not alertable; the caller is at PASSIVE.
             unsafe { KeDelayExecutionThread(0, 0, &interval) };
+        }
+        fn processor_count(&self) -> u32 {
+            // SAFETY: no pointer arguments; callable at any IRQL.
+            unsafe { KeQueryMaximumProcessorCountEx(ALL_PROCESSOR_GROUPS) }.max(1)
+        }
+        #[inline(always)]
+        fn current_processor(&self) -> u32 {
+            // SAFETY: NULL asks for the system-wide index only (no
+            // group-relative number is written); callable at any IRQL.
+            unsafe { KeGetCurrentProcessorNumberEx(core::ptr::null_mut()) }
         }
     }
 }

@@ -91,27 +91,80 @@ impl<R: RawSpinLock, T> Drop for SpinLockGuard<'_, R, T> {
     }
 }
 
+#[cfg(not(loom))]
+use core::sync::atomic::{AtomicBool, Ordering};
+#[cfg(loom)]
+use loom::sync::atomic::{AtomicBool, Ordering};
+
 /// A portable raw lock with no IRQL: a test-and-test-and-set flag. For host
-/// code that has no IRQL to raise (unit tests); never for the kernel.
-pub struct FlagLock(core::sync::atomic::AtomicBool);
+/// code that has no IRQL to raise (unit tests, loom models); never for the
+/// kernel.
+pub struct FlagLock(AtomicBool);
 
 // SAFETY: `lock` takes the flag with an Acquire swap and returns only once it
 // saw it clear; `unlock` clears it with Release.
 unsafe impl RawSpinLock for FlagLock {
     type Saved = ();
     fn new() -> Self {
-        FlagLock(core::sync::atomic::AtomicBool::new(false))
+        FlagLock(AtomicBool::new(false))
     }
     fn lock(&self) {
-        use core::sync::atomic::Ordering;
-        while self.0.swap(true, Ordering::Acquire) {
+        while self
+            .0
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            // Loom: retry the read-modify-write (a relaxed load may be shown
+            // a stale value over and over) and let the holder run.
+            #[cfg(loom)]
+            loom::thread::yield_now();
+            #[cfg(not(loom))]
             while self.0.load(Ordering::Relaxed) {
                 core::hint::spin_loop();
             }
         }
     }
     unsafe fn unlock(&self, _: ()) {
-        self.0.store(false, core::sync::atomic::Ordering::Release);
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+/// An `UnsafeCell` whose accesses loom checks: under `--cfg loom` it is
+/// loom's cell, which reports any two conflicting accesses not ordered by
+/// the model's synchronisation; otherwise `core`'s, at no cost.
+pub(crate) struct CheckedCell<T> {
+    #[cfg(not(loom))]
+    cell: UnsafeCell<T>,
+    #[cfg(loom)]
+    cell: loom::cell::UnsafeCell<T>,
+}
+
+impl<T> CheckedCell<T> {
+    pub(crate) fn new(value: T) -> Self {
+        CheckedCell {
+            #[cfg(not(loom))]
+            cell: UnsafeCell::new(value),
+            #[cfg(loom)]
+            cell: loom::cell::UnsafeCell::new(value),
+        }
+    }
+
+    /// Reads through a pointer valid for the closure's duration.
+    #[inline(always)]
+    pub(crate) fn with<R>(&self, f: impl FnOnce(*const T) -> R) -> R {
+        #[cfg(not(loom))]
+        return f(self.cell.get());
+        #[cfg(loom)]
+        return self.cell.with(f);
+    }
+
+    /// Writes through a pointer valid for the closure's duration.
+    #[inline(always)]
+    pub(crate) fn with_mut<R>(&self, f: impl FnOnce(*mut T) -> R) -> R {
+        #[cfg(not(loom))]
+        return f(self.cell.get());
+        #[cfg(loom)]
+        return self.cell.with_mut(f);
     }
 }
 

@@ -94,6 +94,26 @@ impl Nmr for FreeingNmr {
     }
     fn trace(&self, _: &Record<'_>) {}
     fn delay(&self, _: u32) {}
+    fn processor_count(&self) -> u32 {
+        PROCESSORS
+    }
+    fn current_processor(&self) -> u32 {
+        thread_processor()
+    }
+}
+
+/// Three processors, so that the threads below acquire on different slots
+/// of each rundown and different reader locks of the set.
+const PROCESSORS: u32 = 3;
+
+/// A processor per thread, in the order threads first ask (a stand-in for
+/// `KeGetCurrentProcessorNumberEx` that Miri can run).
+fn thread_processor() -> u32 {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static MINE: u32 = (NEXT.fetch_add(1, Ordering::Relaxed) % PROCESSORS as usize) as u32;
+    }
+    MINE.with(|p| *p)
 }
 
 fn new_binding(nmr: &FreeingNmr) -> NonNull<TestBinding> {
@@ -140,7 +160,7 @@ fn a_binding_with_nothing_in_flight_detaches_with_success() {
 fn releases_on_other_threads_free_the_binding_through_the_set() {
     for _ in 0..if cfg!(miri) { 3 } else { 100 } {
         let nmr = FreeingNmr::default();
-        let set = Arc::new(BindingSet::<FreeingNmr, Table, u64>::new());
+        let set = Arc::new(BindingSet::<FreeingNmr, Table, u64>::try_new(nmr.clone()).unwrap());
         *nmr.0.set.lock().unwrap() = Some(set.clone());
         let binding = new_binding(&nmr);
         // SAFETY: live until its cleanup, which unlinks it first.
@@ -178,6 +198,8 @@ fn releases_on_other_threads_free_the_binding_through_the_set() {
             );
         }
         assert!(set.is_empty());
+        // The set holds the NMR, which holds the set: break the cycle.
+        *nmr.0.set.lock().unwrap() = None;
     }
 }
 

@@ -11,21 +11,36 @@
 //! - no call admitted once the drain has begun;
 //! - with both sides detaching, one cleanup per side, after both completed.
 //!
+//! - a call released on the slot that admitted it, after moving to another
+//!   processor; the drain racing releases on every slot and its own summing;
+//! - the binding set's lookup (per-processor reader locks) against a cleanup
+//!   that unlinks and frees the binding inline (the set's list is a loom cell).
+//!
 //! Run with
 //! `RUSTFLAGS="--cfg loom" cargo test -p nmr-common --release --test loom --target-dir target/loom`
-//! (under a minute on two cores). The three rundown models and
-//! `binding_last_call_vs_detach` are exhaustive; `binding_calls_vs_detach` is
-//! bounded at 5 preemptions and `binding_both_sides_detach` (five threads) at
-//! 3. `LOOM_MAX_PREEMPTIONS` overrides every bound.
+//! (a few minutes on two cores). `rundown_two_calls_vs_drain`,
+//! `rundown_last_release_vs_drain`, `rundown_acquire_fails_after_drain`,
+//! `rundown_migrated_release_vs_drain` and `binding_last_call_vs_detach` are
+//! exhaustive; `rundown_releases_on_every_slot_vs_drain_summing` and
+//! `binding_set_worker_round_vs_detach_and_cleanup` are bounded at 3
+//! preemptions, `binding_calls_vs_detach` at 5 and `binding_both_sides_detach`
+//! (five threads) at 3. `LOOM_MAX_PREEMPTIONS` overrides every bound.
 //!
-//! Each of these breakages of `rundown.rs` fails at least four models: an
-//! acquire that increments first and backs out when draining (with a bare
-//! `fetch_sub`: a lost completion; through a release: a double or a
-//! post-SUCCESS completion); a release that completes on `count == 1`
-//! ignoring `DRAINING`, or on every release that sees `DRAINING`; a release
-//! with `Release` instead of `AcqRel` (a completion that does not see the last
-//! call's effects). A drain with `Release` instead of `AcqRel` fails
-//! `binding_both_sides_detach` (a cleanup unordered with a call).
+//! Breakages of the per-processor rundown each of which these models catch
+//! (tried, then reverted): releasing on the current processor's slot instead
+//! of the guard's (2 models: a slot counted forever, no report); the drain
+//! storing its total into `pending` instead of adding it (6: lost reports);
+//! a slot release with `Relaxed` instead of `Release` (6: a report that does
+//! not see the last call); reporting when the releaser's own slot empties,
+//! ignoring the others (6: reports after Drained, and early). Writers of the
+//! binding set taking only the first processor's lock fail the set model
+//! (loom: concurrent read and write of the list). "Increment first, back out
+//! when draining" with a bare `fetch_sub` is *not* a counting bug here: the
+//! drain reads each slot once, atomically, so a later transient increment is
+//! never in its total. The CAS stays: a refused caller writes nothing, so
+//! after the drain a slot changes only by counted releases, and a binding
+//! whose drain completed is never written again (the cleanup's check of zero
+//! calls in flight, and its free, cannot race a transient increment).
 
 #![cfg(loom)]
 
@@ -37,7 +52,9 @@ use loom::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use loom::sync::{Arc, Mutex};
 use loom::thread;
 
-use nmr_common::binding::{Binding, PeerCall};
+use std::cell::Cell;
+
+use nmr_common::binding::{Binding, BindingSet, PeerCall};
 use nmr_common::ffi::{
     HANDLE, NPI_CLIENT_CHARACTERISTICS, NPI_PROVIDER_CHARACTERISTICS, NTSTATUS, STATUS_PENDING,
     STATUS_SUCCESS,
@@ -54,12 +71,23 @@ use nmr_common::trace::Record;
 /// execution, and models running side by side in one process contend on the
 /// address space, which makes the file take twice as long on two cores.
 fn model(preemption_bound: Option<usize>, f: impl Fn() + Sync + Send + 'static) {
+    model_with(preemption_bound, 1_000, f);
+}
+
+/// As [`model`], allowing `max_branches` branches per execution: a model
+/// whose threads spin on a lock held by a preempted thread takes many.
+fn model_with(
+    preemption_bound: Option<usize>,
+    max_branches: usize,
+    f: impl Fn() + Sync + Send + 'static,
+) {
     static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
     // A model that failed poisons the lock; the others still run.
     let _one = ONE_AT_A_TIME
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let mut builder = loom::model::Builder::new();
+    builder.max_branches = builder.max_branches.max(max_branches);
     if builder.preemption_bound.is_none() {
         builder.preemption_bound = preemption_bound;
     }
@@ -95,6 +123,24 @@ impl<T> Shared<T> {
 }
 
 // ---------------------------------------------------------------------------
+// Processors: each loom thread says which one it runs on, and may move.
+// ---------------------------------------------------------------------------
+
+loom::thread_local! {
+    static CPU: Cell<usize> = Cell::new(0);
+}
+
+/// The calling loom thread now runs on `processor` (a migration, when it
+/// changes while a call is held).
+fn run_on(processor: usize) {
+    CPU.with(|cpu| cpu.set(processor));
+}
+
+fn current_cpu() -> usize {
+    CPU.with(Cell::get)
+}
+
+// ---------------------------------------------------------------------------
 // The rundown alone.
 // ---------------------------------------------------------------------------
 
@@ -107,9 +153,14 @@ struct Owner {
 }
 
 impl Owner {
+    /// An owner with two per-processor slots.
     fn new() -> Self {
+        Self::with_slots(2)
+    }
+
+    fn with_slots(slots: usize) -> Self {
         Owner {
-            rundown: Rundown::new(),
+            rundown: Rundown::try_new(slots).expect("memory"),
             inside: AtomicUsize::new(0),
             reports: AtomicUsize::new(0),
         }
@@ -120,6 +171,10 @@ impl Owner {
 unsafe impl RundownOwner for Owner {
     fn rundown(&self) -> &Rundown {
         &self.rundown
+    }
+
+    fn current_processor(&self) -> usize {
+        current_cpu()
     }
 
     unsafe fn drained(this: NonNull<Self>) {
@@ -173,9 +228,12 @@ fn rundown_two_calls_vs_drain() {
     model(None, || {
         let owner = Arc::new(Owner::new());
         let callers: Vec<_> = (0..2)
-            .map(|_| {
+            .map(|cpu| {
                 let owner = owner.clone();
-                thread::spawn(move || call(&owner))
+                thread::spawn(move || {
+                    run_on(cpu);
+                    call(&owner)
+                })
             })
             .collect();
         let drain = owner.rundown.begin_drain();
@@ -201,7 +259,10 @@ fn rundown_last_release_vs_drain() {
         };
         let caller = {
             let owner = owner.clone();
-            thread::spawn(move || call(&owner))
+            thread::spawn(move || {
+                run_on(1);
+                call(&owner)
+            })
         };
         held.inside.fetch_sub(1, Ordering::Relaxed);
         drop(held);
@@ -232,6 +293,7 @@ fn rundown_acquire_fails_after_drain() {
         let caller = {
             let (owner, drain_begun) = (owner.clone(), drain_begun.clone());
             thread::spawn(move || {
+                run_on(1);
                 let after_drain = drain_begun.load(Ordering::Acquire);
                 let admitted = call(&owner);
                 assert!(
@@ -244,6 +306,86 @@ fn rundown_acquire_fails_after_drain() {
         caller.join().unwrap();
         let drain = drainer.join().unwrap();
         check_drained(&owner, drain, 2);
+    });
+}
+
+/// A call admitted on processor 0 migrates to processor 1 before it returns,
+/// while another thread calls on processor 1 and a third begins the drain:
+/// the release goes to the slot that admitted the call (releasing on the
+/// current processor's slot leaves slot 0 counted forever, and takes slot 1
+/// below zero).
+#[test]
+fn rundown_migrated_release_vs_drain() {
+    model(None, || {
+        let owner = Arc::new(Owner::new());
+        let drainer = {
+            let owner = owner.clone();
+            thread::spawn(move || owner.rundown.begin_drain())
+        };
+        let other = {
+            let owner = owner.clone();
+            thread::spawn(move || {
+                run_on(1);
+                call(&owner)
+            })
+        };
+        run_on(0);
+        if let Some(guard) = RundownGuard::try_acquire(&*owner) {
+            guard.inside.fetch_add(1, Ordering::Relaxed);
+            run_on(1); // preempted and moved while the call runs
+            guard.inside.fetch_sub(1, Ordering::Relaxed);
+            drop(guard);
+        }
+        other.join().unwrap();
+        let drain = drainer.join().unwrap();
+        check_drained(&owner, drain, 2);
+    });
+}
+
+/// A guard that a model moves to another thread to release there (a call
+/// handed over, or a thread that moved): the owner outlives every thread.
+struct Handed(RundownGuard<'static, Owner>);
+// SAFETY: the guard only points at an `Owner` (which is `Sync`) that the
+// model frees after joining every thread.
+unsafe impl Send for Handed {}
+
+/// Three calls in flight, one on each of three slots, return on three
+/// threads while the drain closes the slots one by one and adds up what it
+/// found: every release may come before or after its slot is closed, and
+/// before or after the drain's own sum reaches `pending`. Exactly one report,
+/// after the last call, or none when the drain saw them all return.
+#[test]
+fn rundown_releases_on_every_slot_vs_drain_summing() {
+    model(Some(3), || {
+        let owner = Shared::new(Box::new(Owner::with_slots(3)));
+        // SAFETY: freed below, after every thread joined.
+        let o = unsafe { owner.get() };
+        let releasers: Vec<_> = (0..3)
+            .map(|cpu| {
+                run_on(cpu);
+                let held = Handed(RundownGuard::try_acquire(o).expect("not draining"));
+                held.0.inside.fetch_add(1, Ordering::Relaxed);
+                thread::spawn(move || {
+                    let held = held;
+                    held.0.inside.fetch_sub(1, Ordering::Relaxed);
+                    drop(held);
+                })
+            })
+            .collect();
+        let drain = o.rundown.begin_drain();
+        for cpu in 0..3 {
+            run_on(cpu);
+            assert!(
+                RundownGuard::try_acquire(o).is_none(),
+                "call admitted on slot {cpu} after the drain"
+            );
+        }
+        for releaser in releasers {
+            releaser.join().unwrap();
+        }
+        check_drained(o, drain, 3);
+        // SAFETY: every thread joined; nothing refers to the owner.
+        drop(unsafe { Box::from_raw(owner.0.as_ptr()) });
     });
 }
 
@@ -305,6 +447,8 @@ struct Side {
     linked: Mutex<Option<Shared<TestBinding>>>,
 }
 
+type TestSet = BindingSet<MockNmr, Table, Data>;
+
 struct World {
     sides: [Side; 2],
     /// Run the cleanup (R10) once both sides finished detaching. Off when the
@@ -312,6 +456,9 @@ struct World {
     cleanup: bool,
     /// Sides that finished detaching.
     sides_done: AtomicUsize,
+    /// The client module's binding set, when the model uses one: the
+    /// client's cleanup unlinks its binding from it before freeing it.
+    client_set: Mutex<Option<Shared<TestSet>>>,
 }
 
 /// The NMR as the bindings see it: records completions, and in the two-sided
@@ -325,6 +472,7 @@ impl MockNmr {
             sides: Default::default(),
             cleanup,
             sides_done: AtomicUsize::new(0),
+            client_set: Mutex::new(None),
         }))
     }
 
@@ -404,6 +552,12 @@ impl MockNmr {
         );
         let binding = s.linked.lock().unwrap().take().expect("binding linked");
         let binding = binding.0;
+        if side == CLIENT
+            && let Some(set) = *self.0.client_set.lock().unwrap()
+        {
+            // SAFETY: the model frees the set after every thread joined.
+            assert!(unsafe { set.get() }.remove(binding), "linked in the set");
+        }
         // SAFETY: both sides completed detachment, so no call is counted on
         // either binding and none can be admitted; the write stands for the
         // free, and loom checks it against every call's read.
@@ -467,6 +621,12 @@ impl Nmr for MockNmr {
     fn trace(&self, _: &Record<'_>) {}
     fn delay(&self, _: u32) {
         unreachable!()
+    }
+    fn processor_count(&self) -> u32 {
+        2
+    }
+    fn current_processor(&self) -> u32 {
+        current_cpu() as u32
     }
 }
 
@@ -583,6 +743,7 @@ fn binding_calls_vs_detach() {
             .map(|i| {
                 let (nmr, detached) = (nmr.clone(), detached.clone());
                 thread::spawn(move || {
+                    run_on(i);
                     // SAFETY: freed only after the joins.
                     let b = unsafe { binding.get() };
                     let after_detach = i == 1 && detached.load(Ordering::Acquire);
@@ -633,6 +794,7 @@ fn binding_last_call_vs_detach() {
         let caller = {
             let nmr = nmr.clone();
             thread::spawn(move || {
+                run_on(1);
                 // SAFETY: freed only after the joins.
                 call_through(&nmr, PROVIDER, unsafe { binding.get() })
             })
@@ -667,7 +829,10 @@ fn binding_both_sides_detach() {
         let mut detachers = Vec::new();
         for (side, binding) in [(CLIENT, client), (PROVIDER, provider)] {
             let nmr_for_caller = nmr.clone();
-            callers.push(thread::spawn(move || call_linked(&nmr_for_caller, side)));
+            callers.push(thread::spawn(move || {
+                run_on(side);
+                call_linked(&nmr_for_caller, side)
+            }));
             let nmr_for_detacher = nmr.clone();
             detachers.push(thread::spawn(move || {
                 // SAFETY: live until the cleanup, which needs this detach to
@@ -688,5 +853,69 @@ fn binding_both_sides_detach() {
             assert_eq!(s.cleanups.load(Ordering::Relaxed), 1, "no cleanup");
         }
         assert_eq!(nmr.0.sides_done.load(Ordering::Relaxed), 2);
+    });
+}
+
+/// The call path's lookup (issue 11, point 3): a thread on processor 1 runs
+/// the client's worker round through a real `BindingSet` (taking only its
+/// own processor's reader lock) while the main thread, on processor 0,
+/// detaches the client's side; the provider's side detached first with
+/// nothing in flight. Whichever finish comes last (the detach returning or
+/// the call's release) runs both cleanups inline: the client's unlinks its
+/// binding from the set (taking every processor's lock) and frees it. Loom
+/// checks the set's list against the reader (it is a loom cell), the call's
+/// reads against the cleanup's write, and the completion counts.
+#[test]
+fn binding_set_worker_round_vs_detach_and_cleanup() {
+    model_with(Some(3), 100_000, || {
+        let nmr = MockNmr::new(true);
+        let client = new_binding(&nmr, CLIENT);
+        let provider = new_binding(&nmr, PROVIDER);
+        publish_peer(client, provider.0.as_ptr().cast());
+        publish_peer(provider, client.0.as_ptr().cast());
+        let set = Shared::new(Box::new(
+            TestSet::try_new(nmr.clone()).unwrap_or_else(|_| panic!("memory")),
+        ));
+        *nmr.0.client_set.lock().unwrap() = Some(set);
+        // SAFETY: the set is live until the end of the model; the binding
+        // stays valid until its cleanup unlinks it.
+        unsafe { set.get().insert(client.0) }.expect("memory");
+        // SAFETY: live; nothing calls through the provider's side here.
+        let provider_status = unsafe { TestBinding::detach(provider.0) };
+        assert_eq!(provider_status, STATUS_SUCCESS);
+        nmr.detach_returned(PROVIDER, provider_status);
+
+        let caller = {
+            let nmr = nmr.clone();
+            thread::spawn(move || {
+                run_on(1);
+                // SAFETY: freed only after the join.
+                let set = unsafe { set.get() };
+                let mut made = 0;
+                let refused = set.for_each_call(|call| {
+                    run_call(&nmr, CLIENT, &call, true);
+                    made += 1;
+                });
+                assert!(made + refused <= 1, "one binding visited at most once");
+            })
+        };
+        run_on(0);
+        // SAFETY: live until the cleanup, which needs this detach to return
+        // first; not touched afterwards.
+        let status = unsafe { TestBinding::detach(client.0) };
+        nmr.detach_returned(CLIENT, status);
+        caller.join().unwrap();
+        check_side(&nmr, CLIENT, status);
+        for side in [CLIENT, PROVIDER] {
+            assert_eq!(
+                nmr.side(side).cleanups.load(Ordering::Relaxed),
+                1,
+                "no cleanup"
+            );
+        }
+        // SAFETY: every thread joined.
+        let set = unsafe { Box::from_raw(set.0.as_ptr()) };
+        assert!(set.is_empty(), "the cleanup unlinked the binding");
+        *nmr.0.client_set.lock().unwrap() = None;
     });
 }

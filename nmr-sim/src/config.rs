@@ -59,6 +59,15 @@ pub struct Config {
     pub policy: Policy,
     /// Print every log line to stderr as it happens.
     pub echo: bool,
+    /// The processor count `Nmr::processor_count` reports (the slot count of
+    /// every per-processor rundown), with `Nmr::current_processor` then a
+    /// per-thread index modulo it. `None`: the host's count and processor.
+    pub processors: Option<u32>,
+    /// Check every NPI call for R9 (`Nmr::incoming_call`: a call after the
+    /// caller's detach). The check takes the model's state lock on every
+    /// call; a throughput run turns it off to measure the modules, not the
+    /// model.
+    pub check_calls: bool,
 }
 
 impl Default for Config {
@@ -70,6 +79,8 @@ impl Default for Config {
             detach_at_dispatch: true,
             policy: Policy::Panic,
             echo: false,
+            processors: None,
+            check_calls: true,
         }
     }
 }

@@ -31,6 +31,7 @@ mod level;
 mod lock;
 mod log;
 mod nmr_impl;
+mod processor;
 mod register;
 mod report;
 pub mod running;

@@ -116,7 +116,19 @@ impl Nmr for Sim {
         std::thread::sleep(std::time::Duration::from_micros(micros.into()));
     }
 
+    fn processor_count(&self) -> u32 {
+        crate::processor::processor_count(self.inner.config.processors)
+    }
+
+    #[inline]
+    fn current_processor(&self) -> u32 {
+        crate::processor::current_processor(self.inner.config.processors)
+    }
+
     fn incoming_call(&self, callee_binding: HANDLE) {
+        if !self.inner.config.check_calls {
+            return;
+        }
         let _running = Mark::model();
         let h = callee_binding as usize;
         let v = {

@@ -26,6 +26,10 @@ impl Sim {
     /// [`Delivery::Parallel`] it starts its
     /// delivery thread.
     pub fn new(config: Config) -> Sim {
+        // Ask the host for its processor count now, not inside a module's
+        // callback: std allocates to read it (cgroup quotas), and a test that
+        // fails a module's next allocation must not see that one.
+        crate::processor::processor_count(config.processors);
         let queue = (config.delivery != Delivery::Inline).then(|| Arc::new(Queue::default()));
         let state = State {
             next_handle: HANDLE_BASE,

@@ -1,36 +1,41 @@
-//! The per-call cost of the rundown, side by side with its floor and with
-//! what a driver would otherwise use to keep a peer alive during a call.
+//! What one NPI call's protection costs, side by side in one run, with one
+//! thread and with two threads through the same binding (issue 11):
 //!
-//! - `floor`: one `fetch_add` and one `fetch_sub` (no drain check at all);
-//! - `rundown`: `RundownGuard::try_acquire` + drop (CAS + fetch_sub);
-//! - `binding_call`: the full NPI call path, `Binding::call` with an
-//!   indirect call through the peer's dispatch table, against `direct_call`
-//!   (the same indirect call with no protection);
-//! - `arc_clone`: an `Arc` clone and drop (reference counting);
-//! - `spinlock`: a counter under a spin lock (lock, inc, unlock; lock, dec, unlock);
-//! - `mutex`: the same under `std::sync::Mutex`.
+//! - `floor`: one `fetch_add` and one `fetch_sub` on one shared word, with no
+//!   drain check; `floor_call`: the same around the indirect call. The
+//!   targets are stated against `floor_call`.
+//! - `direct_call`: the indirect call through the dispatch table, unprotected.
+//! - `word_rundown`: the single-word rundown nmr-common had before the
+//!   per-processor one (CAS acquire, `fetch_sub` release), kept here as the
+//!   baseline.
+//! - `ex_rundown`: the shape of Windows' `EX_RUNDOWN_REF`: CAS acquire, CAS
+//!   release.
+//! - `percpu_rundown`: nmr-common's `Rundown`: CAS on the caller's
+//!   processor's slot, `fetch_sub` on the slot the guard remembers.
+//! - `call_word`, `call_ex`: the whole call path (load the peer's table and
+//!   context, acquire, indirect call, release) with each baseline, written as
+//!   `Binding::acquire` is; `call_percpu`: the real `Binding::acquire` on the
+//!   model, which asks it for the current processor (`sched_getcpu`).
 //!
-//! Each also runs with a second thread hammering the same word (`contended/`).
+//! In `2_threads/`, a second thread runs the same operation on the same
+//! objects for the whole measurement. Then `drain/`: `begin_drain` and the
+//! release of the one call in flight, which reports the drain inline, for 2,
+//! 64 and 640 slots. The memory of one binding side is printed first.
+//!
+//! Run: `cargo bench -p testbed --bench rundown -- --warm-up-time 1 --measurement-time 3`.
 
 use std::hint::black_box;
-use std::ptr::NonNull;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::ptr::{self, NonNull};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use nmr_client_module::client::ProviderBinding;
 use nmr_common::binding::Binding;
-use nmr_common::rundown::{Rundown, RundownGuard, RundownOwner};
-use nmr_common::sync::{FlagLock, SpinLock};
+use nmr_common::nmr::Nmr;
+use nmr_common::rundown::{Drain, Rundown, RundownGuard, RundownOwner};
 use nmr_sim::Sim;
-
-struct Owner(Rundown);
-// SAFETY: `rundown` returns the field of `self`.
-unsafe impl RundownOwner for Owner {
-    fn rundown(&self) -> &Rundown {
-        &self.0
-    }
-    unsafe fn drained(_: NonNull<Self>) {}
-}
 
 #[repr(C)]
 struct Table {
@@ -41,84 +46,315 @@ extern "system" fn work(x: u64) -> u64 {
 }
 static TABLE: Table = Table { f: work };
 
-fn variants(c: &mut Criterion, group: &str, contend: bool) {
-    let owner = Arc::new(Owner(Rundown::new()));
-    let floor = Arc::new(AtomicUsize::new(0));
-    let arc = Arc::new(0u64);
-    let spin = Arc::new(SpinLock::<FlagLock, usize>::new(0));
-    let mutex = Arc::new(Mutex::new(0usize));
-    let sim = Sim::new(nmr_sim::Config::default());
-    let binding = Binding::<Sim, Table, ()>::for_client(sim, "bench", std::ptr::null_mut(), ())
-        .ok()
-        .unwrap();
-    binding.publish_peer(std::ptr::null_mut(), &TABLE);
-    let binding = Arc::new(binding);
+const DRAINING: usize = 1;
+const ONE_CALL: usize = 2;
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let hammer = contend.then(|| {
-        let (owner, floor, arc, spin, mutex, binding, stop) = (
-            owner.clone(),
-            floor.clone(),
-            arc.clone(),
-            spin.clone(),
-            mutex.clone(),
-            binding.clone(),
-            stop.clone(),
-        );
+/// A rundown the call path can use: admit or refuse, then release.
+trait Protect: Send + Sync {
+    fn acquire(&self) -> bool;
+    fn release(&self);
+}
+
+/// nmr-common's rundown before issue 11: one word, CAS acquire, `fetch_sub`.
+struct WordRundown(AtomicUsize);
+
+impl Protect for WordRundown {
+    #[inline(always)]
+    fn acquire(&self) -> bool {
+        let mut current = self.0.load(Ordering::Relaxed);
+        loop {
+            if current & DRAINING != 0 {
+                return false;
+            }
+            match self.0.compare_exchange_weak(
+                current,
+                current + ONE_CALL,
+                Ordering::Acquire,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return true,
+                Err(seen) => current = seen,
+            }
+        }
+    }
+    #[inline(always)]
+    fn release(&self) {
+        let before = self.0.fetch_sub(ONE_CALL, Ordering::AcqRel);
+        black_box(before == ONE_CALL | DRAINING);
+    }
+}
+
+/// `EX_RUNDOWN_REF`'s shape: CAS acquire, and a CAS loop to release (it must
+/// tell a plain count from a pointer to the drain's wait block).
+struct ExRundown(AtomicUsize);
+
+impl Protect for ExRundown {
+    #[inline(always)]
+    fn acquire(&self) -> bool {
+        WordRundown::acquire(
+            // SAFETY: both are one `AtomicUsize` with the same encoding.
+            unsafe { &*ptr::from_ref(self).cast::<WordRundown>() },
+        )
+    }
+    #[inline(always)]
+    fn release(&self) {
+        let mut current = self.0.load(Ordering::Relaxed);
+        loop {
+            if current & DRAINING != 0 {
+                // A drain's wait block: the slow path, never taken here.
+                self.0.fetch_sub(ONE_CALL, Ordering::AcqRel);
+                return;
+            }
+            match self.0.compare_exchange_weak(
+                current,
+                current - ONE_CALL,
+                Ordering::Release,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return,
+                Err(seen) => current = seen,
+            }
+        }
+    }
+}
+
+/// The whole call path of `Binding::acquire`, over a baseline rundown.
+struct CallPath<R> {
+    dispatch: AtomicPtr<Table>,
+    context: AtomicPtr<u8>,
+    rundown: R,
+}
+
+impl<R: Protect> CallPath<R> {
+    fn new(rundown: R) -> Self {
+        CallPath {
+            dispatch: AtomicPtr::new(ptr::from_ref(&TABLE).cast_mut()),
+            context: AtomicPtr::new(ptr::null_mut()),
+            rundown,
+        }
+    }
+
+    #[inline(always)]
+    fn call(&self, x: u64) -> Option<u64> {
+        let dispatch = self.dispatch.load(Ordering::Acquire);
+        if dispatch.is_null() {
+            return None;
+        }
+        black_box(self.context.load(Ordering::Relaxed));
+        if !self.rundown.acquire() {
+            return None;
+        }
+        // SAFETY: the table is a static.
+        let answer = (unsafe { &*dispatch }.f)(x);
+        self.rundown.release();
+        Some(answer)
+    }
+}
+
+/// An owner of nmr-common's per-processor rundown, asking the model (like a
+/// binding does) which processor it runs on.
+struct PerCpu {
+    rundown: Rundown,
+    nmr: Sim,
+    reports: AtomicUsize,
+}
+
+impl PerCpu {
+    fn new(slots: usize, nmr: Sim) -> Self {
+        PerCpu {
+            rundown: Rundown::try_new(slots).expect("memory"),
+            nmr,
+            reports: AtomicUsize::new(0),
+        }
+    }
+}
+
+// SAFETY: `rundown` returns the field of `self`.
+unsafe impl RundownOwner for PerCpu {
+    fn rundown(&self) -> &Rundown {
+        &self.rundown
+    }
+    #[inline(always)]
+    fn current_processor(&self) -> usize {
+        self.nmr.current_processor() as usize
+    }
+    unsafe fn drained(this: NonNull<Self>) {
+        // SAFETY: valid on entry; the benchmark frees owners after their report.
+        unsafe { this.as_ref() }
+            .reports
+            .fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+struct Fixture {
+    floor: AtomicUsize,
+    word: WordRundown,
+    ex: ExRundown,
+    percpu: PerCpu,
+    call_word: CallPath<WordRundown>,
+    call_ex: CallPath<ExRundown>,
+    binding: Box<Binding<Sim, Table, ()>>,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let sim = Sim::new(nmr_sim::Config::default());
+        let binding =
+            Binding::<Sim, Table, ()>::for_client(sim.clone(), "bench", ptr::null_mut(), ())
+                .unwrap_or_else(|_| panic!("memory"));
+        binding.publish_peer(ptr::null_mut(), &TABLE);
+        Fixture {
+            floor: AtomicUsize::new(0),
+            word: WordRundown(AtomicUsize::new(0)),
+            ex: ExRundown(AtomicUsize::new(0)),
+            percpu: PerCpu::new(sim.processor_count() as usize, sim),
+            call_word: CallPath::new(WordRundown(AtomicUsize::new(0))),
+            call_ex: CallPath::new(ExRundown(AtomicUsize::new(0))),
+            binding,
+        }
+    }
+}
+
+const OPS: [&str; 10] = [
+    "floor",
+    "floor_call",
+    "direct_call",
+    "word_rundown",
+    "ex_rundown",
+    "percpu_rundown",
+    "call_word",
+    "call_ex",
+    "call_percpu",
+    "stop",
+];
+const STOP: usize = 9;
+
+/// One operation; `op` is a constant where it is measured, so each variant
+/// compiles to its own straight-line code.
+#[inline(always)]
+fn run(f: &Fixture, op: usize) {
+    match op {
+        0 => {
+            black_box(f.floor.fetch_add(1, Ordering::AcqRel));
+            black_box(f.floor.fetch_sub(1, Ordering::AcqRel));
+        }
+        1 => {
+            black_box(f.floor.fetch_add(1, Ordering::AcqRel));
+            black_box((black_box(&TABLE).f)(black_box(7)));
+            black_box(f.floor.fetch_sub(1, Ordering::AcqRel));
+        }
+        2 => {
+            black_box((black_box(&TABLE).f)(black_box(7)));
+        }
+        // A refused acquire (never here: nothing drains) falls to `_`.
+        3 if f.word.acquire() => f.word.release(),
+        4 if f.ex.acquire() => f.ex.release(),
+        5 => drop(black_box(RundownGuard::try_acquire(&f.percpu))),
+        6 => {
+            black_box(f.call_word.call(black_box(7)));
+        }
+        7 => {
+            black_box(f.call_ex.call(black_box(7)));
+        }
+        8 => {
+            black_box(f.binding.acquire().map(|p| (p.dispatch().f)(black_box(7))));
+        }
+        _ => {}
+    }
+}
+
+fn per_call(c: &mut Criterion, threads: usize) {
+    let fixture = Arc::new(Fixture::new());
+    let mode = Arc::new(AtomicUsize::new(STOP));
+    let hammer = (threads == 2).then(|| {
+        let (fixture, mode) = (fixture.clone(), mode.clone());
         std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                drop(RundownGuard::try_acquire(&*owner));
-                floor.fetch_add(1, Ordering::AcqRel);
-                floor.fetch_sub(1, Ordering::AcqRel);
-                drop(arc.clone());
-                *spin.lock() += 1;
-                *mutex.lock().unwrap() += 1;
-                if let Some(p) = binding.acquire() {
-                    (p.dispatch().f)(1);
+            loop {
+                let op = mode.load(Ordering::Relaxed);
+                if op == usize::MAX {
+                    return;
+                }
+                for _ in 0..256 {
+                    run(&fixture, op);
                 }
             }
         })
     });
-
-    let mut g = c.benchmark_group(group);
-    g.bench_function("floor", |b| {
-        b.iter(|| {
-            black_box(floor.fetch_add(1, Ordering::AcqRel));
-            black_box(floor.fetch_sub(1, Ordering::AcqRel));
-        })
-    });
-    g.bench_function("rundown", |b| {
-        b.iter(|| drop(black_box(RundownGuard::try_acquire(&*owner))))
-    });
-    g.bench_function("direct_call", |b| {
-        b.iter(|| black_box((black_box(&TABLE).f)(black_box(7))))
-    });
-    g.bench_function("binding_call", |b| {
-        b.iter(|| black_box(binding.acquire().map(|p| (p.dispatch().f)(black_box(7)))))
-    });
-    g.bench_function("arc_clone", |b| b.iter(|| drop(black_box(arc.clone()))));
-    g.bench_function("spinlock", |b| {
-        b.iter(|| {
-            *spin.lock() += 1;
-            *spin.lock() -= 1;
-        })
-    });
-    g.bench_function("mutex", |b| {
-        b.iter(|| {
-            *mutex.lock().unwrap() += 1;
-            *mutex.lock().unwrap() -= 1;
-        })
-    });
+    let mut g = c.benchmark_group(format!("{threads}_threads"));
+    macro_rules! bench {
+        ($op:literal) => {
+            mode.store($op, Ordering::Relaxed);
+            g.bench_function(OPS[$op], |b| b.iter(|| run(&fixture, $op)));
+        };
+    }
+    bench!(0);
+    bench!(1);
+    bench!(2);
+    bench!(3);
+    bench!(4);
+    bench!(5);
+    bench!(6);
+    bench!(7);
+    bench!(8);
     g.finish();
-    stop.store(true, Ordering::Relaxed);
+    mode.store(usize::MAX, Ordering::Relaxed);
     if let Some(h) = hammer {
         h.join().unwrap();
     }
 }
 
+/// `begin_drain` with one call in flight, and that call's release, which
+/// reports the drain inline: the detach callback's PENDING path end to end.
+fn drain(c: &mut Criterion) {
+    let sim = Sim::new(nmr_sim::Config::default());
+    let mut g = c.benchmark_group("drain");
+    for slots in [2usize, 64, 640] {
+        g.bench_function(format!("{slots}_slots"), |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let owner = PerCpu::new(slots, sim.clone());
+                    let held = RundownGuard::try_acquire(&owner).expect("not draining");
+                    let began = Instant::now();
+                    let drain = owner.rundown.begin_drain();
+                    drop(held);
+                    total += began.elapsed();
+                    assert!(matches!(drain, Drain::Pending { in_flight: 1 }));
+                    assert_eq!(owner.reports.load(Ordering::Relaxed), 1);
+                }
+                total
+            })
+        });
+    }
+    g.finish();
+}
+
+/// The memory of one binding side, for the bench's `Binding` and for the
+/// client module's real one, at several processor counts.
+fn memory() {
+    println!("memory per binding side (struct + per-processor slots):");
+    for processors in [1u32, 2, 64, 640] {
+        let sim = Sim::new(nmr_sim::Config {
+            processors: Some(processors),
+            ..nmr_sim::Config::default()
+        });
+        let bench = Binding::<Sim, Table, ()>::for_client(sim.clone(), "m", ptr::null_mut(), ())
+            .unwrap_or_else(|_| panic!("memory"));
+        println!(
+            "  {processors:>3} processors: {} bytes ({} struct + {} slots); client module's binding struct {} bytes",
+            bench.footprint(),
+            size_of::<Binding<Sim, Table, ()>>(),
+            bench.footprint() - size_of::<Binding<Sim, Table, ()>>(),
+            size_of::<ProviderBinding<Sim>>(),
+        );
+    }
+}
+
 fn bench(c: &mut Criterion) {
-    variants(c, "uncontended", false);
-    variants(c, "contended", true);
+    memory();
+    per_call(c, 1);
+    per_call(c, 2);
+    drain(c);
 }
 
 criterion_group!(benches, bench);

@@ -7,6 +7,8 @@
 //! - [`stress`]: the load/unload stress with calls flowing both ways, shared
 //!   by the `testbed stress` command and the end-to-end tests.
 //! - [`alloc_count`]: a counting global allocator, for leak checks.
+//! - [`throughput`]: calls per second through the real modules, 1 and 2
+//!   calling threads (`testbed throughput`).
 //! - [`fault`]: systematic fault injection: every allocation the modules
 //!   make, failed in turn.
 
@@ -15,6 +17,7 @@ pub mod demo;
 pub mod fault;
 pub mod images;
 pub mod stress;
+pub mod throughput;
 
 use std::collections::HashMap;
 use std::ffi::c_void;
@@ -191,6 +194,12 @@ impl Nmr for TestNmr {
         }
         drop(closed);
         self.sim.delay(micros);
+    }
+    fn processor_count(&self) -> u32 {
+        self.sim.processor_count()
+    }
+    fn current_processor(&self) -> u32 {
+        self.sim.current_processor()
     }
     fn incoming_call(&self, callee_binding: HANDLE) {
         self.sim.incoming_call(callee_binding);

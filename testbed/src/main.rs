@@ -38,6 +38,20 @@ enum Command {
         #[arg(long)]
         nmr: bool,
     },
+    /// Calls per second through the real modules (checksum and notify, one
+    /// binding) with 1 and 2 calling threads, side by side. Build with
+    /// --release.
+    Throughput {
+        /// Seconds per measurement.
+        #[arg(long, default_value_t = 2.0)]
+        seconds: f64,
+        /// Bytes per checksum payload.
+        #[arg(long, default_value_t = 64)]
+        payload: usize,
+        /// Calling threads, from 1 up to this.
+        #[arg(long, default_value_t = 2)]
+        threads: u32,
+    },
     /// Systematic fault injection on the shipped images (x86_64 Linux): a
     /// load/attach/call/unload cycle per fallible call, that call failing.
     Faults(FaultsArgs),
@@ -113,6 +127,21 @@ fn main() -> ExitCode {
             for line in testbed::demo::run(nmr) {
                 println!("{line}");
             }
+            return ExitCode::SUCCESS;
+        }
+        Command::Throughput {
+            seconds,
+            payload,
+            threads,
+        } => {
+            let config = testbed::throughput::ThroughputConfig {
+                duration: Duration::from_secs_f64(seconds.max(0.01)),
+                payload,
+                max_threads: threads,
+            };
+            let rows = testbed::throughput::run(&config);
+            println!("throughput: one binding, {payload}-byte checksum payloads, {seconds} s each");
+            print!("{}", testbed::throughput::table(&rows));
             return ExitCode::SUCCESS;
         }
         Command::Faults(args) => {

@@ -279,6 +279,11 @@ pub fn run(config: &StressConfig, progress: &(dyn Fn(u64) + Sync)) -> Report {
             detach_at_dispatch: true,
             policy: Policy::Record,
             echo: false,
+            // The per-processor rundowns and binding-set locks with the
+            // host's processors, one slot, three slots the worker threads
+            // spread over, and a 64-processor server's worth: every 27 phases.
+            processors: [None, Some(1), Some(3), Some(64)][(phase / 9 % 4) as usize],
+            check_calls: true,
         };
         run_phase(
             config,

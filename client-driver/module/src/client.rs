@@ -114,6 +114,9 @@ impl<N: Nmr> ClientModule<N> {
     /// Builds the module, fully initialised, then registers it: providers
     /// already registered are attached before this returns (R2).
     pub fn load(nmr: N, config: ClientConfig) -> Result<Client<N>, NTSTATUS> {
+        // One reader lock per processor: sized by the NMR, allocated fallibly.
+        let bindings =
+            BindingSet::try_new(nmr.clone()).map_err(|_| STATUS_INSUFFICIENT_RESOURCES)?;
         let module = ClientModule {
             core: ModuleCore::new(nmr, config.name, config.module_id, config.versions),
             config,
@@ -132,7 +135,7 @@ impl<N: Nmr> ClientModule<N> {
                 ClientCleanupBindingContext: Some(cleanup_binding::<N>),
                 ClientRegistrationInstance: ModuleCore::<N>::unplaced_instance(),
             }),
-            bindings: BindingSet::new(),
+            bindings,
             stats: ClientStats::default(),
         };
         let client = ModuleBox::new(module).map_err(|_| STATUS_INSUFFICIENT_RESOURCES)?;

@@ -109,6 +109,9 @@ impl<N: Nmr> ProviderModule<N> {
     /// Builds the module, fully initialised, then registers it: clients
     /// already registered are attached before this returns (R2).
     pub fn load(nmr: N, config: ProviderConfig) -> Result<Provider<N>, NTSTATUS> {
+        // One reader lock per processor: sized by the NMR, allocated fallibly.
+        let bindings =
+            BindingSet::try_new(nmr.clone()).map_err(|_| STATUS_INSUFFICIENT_RESOURCES)?;
         let module = ProviderModule {
             core: ModuleCore::new(nmr, config.name, config.module_id, config.versions),
             config,
@@ -128,7 +131,7 @@ impl<N: Nmr> ProviderModule<N> {
                 ProviderCleanupBindingContext: Some(cleanup_binding::<N>),
                 ProviderRegistrationInstance: ModuleCore::<N>::unplaced_instance(),
             }),
-            bindings: BindingSet::new(),
+            bindings,
             stats: ProviderStats::default(),
         };
         let provider = ModuleBox::new(module).map_err(|_| STATUS_INSUFFICIENT_RESOURCES)?;

@@ -88,6 +88,7 @@ pub unsafe fn dbg_print(component: u32, level: u32, line: *const u8) {
 ///
 /// PASSIVE, in the system process (DriverEntry); `context` is valid for as
 /// long as the thread uses it.
+#[must_use]
 pub unsafe fn create_system_thread(
     thread: &mut HANDLE,
     access: u32,
@@ -113,6 +114,7 @@ pub unsafe fn create_system_thread(
 /// # Safety
 ///
 /// PASSIVE; `handle` is an open handle of the system process.
+#[must_use]
 pub unsafe fn wait_for_object(handle: HANDLE) -> NTSTATUS {
     // SAFETY: see the function's contract.
     unsafe { ZwWaitForSingleObject(handle, 0, core::ptr::null_mut()) }
@@ -123,6 +125,7 @@ pub unsafe fn wait_for_object(handle: HANDLE) -> NTSTATUS {
 /// # Safety
 ///
 /// PASSIVE; `handle` is an open handle of the system process, closed once.
+#[must_use]
 pub unsafe fn close_handle(handle: HANDLE) -> NTSTATUS {
     // SAFETY: see the function's contract.
     unsafe { ZwClose(handle) }
@@ -134,6 +137,7 @@ pub unsafe fn close_handle(handle: HANDLE) -> NTSTATUS {
 /// # Safety
 ///
 /// IRQL at most APC_LEVEL.
+#[must_use]
 pub unsafe fn delay_execution(interval: i64) -> NTSTATUS {
     let mut interval = interval;
     // SAFETY: KernelMode (0), not alertable, an interval (LARGE_INTEGER) that
@@ -147,6 +151,7 @@ pub unsafe fn delay_execution(interval: i64) -> NTSTATUS {
 /// # Safety
 ///
 /// Called by a system thread the driver created, holding nothing.
+#[must_use]
 pub unsafe fn terminate_system_thread(status: NTSTATUS) -> NTSTATUS {
     // SAFETY: see the function's contract.
     unsafe { PsTerminateSystemThread(status) }
@@ -169,6 +174,7 @@ pub unsafe fn set_unload(driver: *mut DriverObject, unload: DriverUnload) {
 ///
 /// `size` is not zero; the IRQL suits `flags` (DISPATCH_LEVEL or below for
 /// non-paged pool).
+#[must_use]
 pub unsafe fn allocate_pool(flags: u64, size: usize, tag: u32) -> *mut u8 {
     // SAFETY: see the function's contract.
     unsafe { ExAllocatePool2(flags, size, tag) }.cast()

@@ -7,7 +7,7 @@
 //!
 //! Compared: every item visible outside the file (`pub`, `pub(crate)`,
 //! `pub(super)`): functions by their whole signature (safety, ABI, parameter
-//! names and types, return type), constants and statics by type and value,
+//! names and types, return type) and `#[must_use]`, constants and statics by type and value,
 //! `use` re-exports by their text. Types (`pub type`, `pub struct`) by name
 //! only: a type is where the surfaces legitimately differ (a wdk-sys binding
 //! on one side, a hand declaration pinned by layout assertions on the other).
@@ -43,9 +43,16 @@ fn exposed(source: &str) -> Result<Exposed, String> {
                         syn::FnArg::Receiver(arg) => arg.attrs.clear(),
                     }
                 }
+                // `#[must_use]` is part of the contract: wdk-sys marks every
+                // function returning NTSTATUS, and the twins pass it on.
+                let must_use = f.attrs.iter().any(|a| a.path().is_ident("must_use"));
                 add(
                     format!("fn {}", f.sig.ident),
-                    sig.to_token_stream().to_string(),
+                    format!(
+                        "{}{}",
+                        if must_use { "#[must_use] " } else { "" },
+                        sig.to_token_stream()
+                    ),
                 )?;
             }
             Item::Type(t) if visible(&t.vis) => add(format!("type {}", t.ident), "type".into())?,
@@ -179,6 +186,14 @@ fn the_comparison_catches_an_item_on_one_side_and_a_changed_signature() {
     assert_eq!(diffs.len(), 1, "{diffs:?}");
     assert!(
         diffs[0].starts_with("differs: fn close_handle"),
+        "{diffs:?}"
+    );
+
+    let unmarked = exposed(&twin.replace("pub unsafe fn", "#[must_use] pub unsafe fn")).unwrap();
+    let diffs = differences(&a, &unmarked);
+    assert_eq!(diffs.len(), 1, "{diffs:?}");
+    assert!(
+        diffs[0].contains("#[must_use] unsafe fn close_handle"),
         "{diffs:?}"
     );
 

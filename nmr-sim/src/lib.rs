@@ -18,16 +18,29 @@
 //! [`irql::assert_can_block`] catch anything that would block at
 //! DISPATCH_LEVEL.
 
+mod attach;
+mod callout;
 mod config;
+mod context;
+mod core;
+mod delivery;
+mod detach;
 pub mod irql;
+mod level;
 mod lock;
 mod log;
+mod nmr_impl;
+mod register;
+mod report;
 mod sim;
+mod state;
 mod violation;
+mod wait;
 
 pub use config::{Config, Delivery, DetachOrder, Policy};
+pub use core::Sim;
 pub use irql::Irql;
 pub use lock::SimLock;
 pub use log::{LogEntry, NmrEvent, Side};
-pub use sim::{BindingInfo, Sim, Stats};
+pub use state::{BindingInfo, Stats};
 pub use violation::{Callback, Violation};

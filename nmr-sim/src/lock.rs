@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use nmr_common::sync::RawSpinLock;
 
-use crate::irql::{self, Irql};
+use crate::level::{self as irql, Irql};
 
 /// A spin flag that also raises the holder's model IRQL to DISPATCH_LEVEL,
 /// like `KeAcquireSpinLockRaiseToDpc`: anything that blocks while holding it

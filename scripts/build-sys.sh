@@ -8,11 +8,15 @@
 # flags wdk-build passes for a WDM driver. See docs/linux-build.md.
 #
 # Output, in target/sys/:
-#   nmr_client.sys   nmr_client.pdb   nmr_client.map   nmr_client.inf
-#   nmr_provider.sys nmr_provider.pdb nmr_provider.map nmr_provider.inf
+#   nmr_client.sys   nmr_client.pdb   nmr_client.map   nmr_client.inf   nmr_client.cat
+#   nmr_provider.sys nmr_provider.pdb nmr_provider.map nmr_provider.inf nmr_provider.cat
+# The .cat is the package's catalog (what inf2cat makes on Windows), written
+# unsigned by tools/make-cat (package nmr-make-cat, a host build).
 #
 # Usage: scripts/build-sys.sh [--sign]
-#   --sign   then test-sign both images (scripts/sign-sys.sh; test signing only)
+#   --sign   then test-sign both images and catalogs and export the
+#            certificate as target/sys/nmr_test.cer (scripts/sign-sys.sh;
+#            test signing only)
 #
 # Environment:
 #   SYS_BUILD_NUMBER  4th field of DriverVer (default: the commit count of HEAD)
@@ -69,7 +73,8 @@ for a in "${wdk_wdm_link_args[@]}" "${extra_link_args[@]}"; do
 done
 
 # --- build ---------------------------------------------------------------------
-rm -rf "${out:?}"
+# The package directory and the test-signing key of the previous build go together.
+rm -rf "${out:?}" target/sys-signing
 mkdir -p "$out"
 
 for drv in "${drivers[@]}"; do
@@ -123,6 +128,19 @@ for drv in "${drivers[@]}"; do
         -e "s/[\$]ARCH[\$]/amd64/g" \
         "$inx" >"$out/$drv.inf"
     echo "build-sys: $out/$drv.inf  DriverVer = $driver_ver"
+done
+
+# --- catalog: what inf2cat /os:10_X64 does ------------------------------------
+# Each INF's CatalogFile, listing the INF and the files of its [SourceDisksFiles]
+# (SOURCE_DATE_EPOCH, when set, dates it). Host build, in the host target dir.
+infs=()
+for drv in "${drivers[@]}"; do infs+=("$out/$drv.inf"); done
+cargo run --quiet --release -p nmr-make-cat -- "${infs[@]}" | sed 's/^make-cat/build-sys/'
+for drv in "${drivers[@]}"; do
+    if [[ ! -f $out/$drv.cat ]]; then
+        echo "build-sys: make-cat wrote no $out/$drv.cat (does the INF say CatalogFile = $drv.cat?)" >&2
+        exit 1
+    fi
 done
 
 for drv in "${drivers[@]}"; do

@@ -3,27 +3,34 @@
     Installs nmr_client.sys and nmr_provider.sys on this test machine.
 
 .DESCRIPTION
-    Two ways to install, one for each way to build (docs/windows.md):
+    Two ways to build, one way to install (docs/windows.md):
 
-    Mode A (default): the driver packages `cargo make` builds on Windows,
-    target\<profile>\nmr_client_package and target\<profile>\nmr_provider_package
-    (.sys, .inf, .cat, .pdb, WDRLocalTestCert.cer). Each is added to the driver
-    store and installed as a primitive driver:
+    Mode A (default): a driver package, added to the driver store and installed
+    as a primitive driver, whichever machine built it:
         pnputil /add-driver <package>\nmr_client.inf /install
     The INF creates the demand-start kernel service of the same name, whose image
-    runs from the driver store (DIRID 13).
+    runs from the driver store (DIRID 13). -PackageRoot holds either layout:
+      - built on Windows by `cargo make`: nmr_client_package\ and
+        nmr_provider_package\ (.sys .inf .cat .pdb WDRLocalTestCert.cer each);
+      - built on Linux by scripts/build-sys.sh --sign: target/sys/ copied as is
+        (nmr_client.{sys,inf,cat,pdb}, nmr_provider.{sys,inf,cat,pdb} and one
+        nmr_test.cer).
+    pnputil checks each package against its signed catalog (.cat) before it
+    copies anything.
 
-    Mode B (-LinuxImage <dir>): the images cross-built on Linux (target/sys/ of
-    scripts/build-sys.sh, copied here). No catalog, so no driver store: the .sys
-    files are copied to %SystemRoot%\System32\drivers and the services are created
-    with  sc.exe create nmr_client type= kernel start= demand binPath= <path>
-    (sc.exe needs the space after each "option=").
+    Mode B, fallback (-LinuxImage <dir>): bare .sys images without a usable
+    catalog. No driver store, no INF: the .sys files are copied to
+    %SystemRoot%\System32\drivers and the services are created with
+        sc.exe create nmr_client type= kernel start= demand binPath= <path>
+    (sc.exe needs the space after each "option="). Use it only when pnputil
+    cannot be used; scripts\uninstall.ps1 -LinuxImage undoes it.
 
     The drivers load only if their signature is trusted: with test-signed builds,
     test signing must be on (bcdedit /set testsigning on, reboot, Secure Boot off).
     The script checks and warns. A test-signed package also needs its test
     certificate in LocalMachine\Root and LocalMachine\TrustedPublisher before
-    pnputil accepts it: -TrustTestCertificate imports WDRLocalTestCert.cer there.
+    pnputil accepts it: -TrustTestCertificate imports it there
+    (WDRLocalTestCert.cer of a cargo make package, nmr_test.cer of a Linux one).
 
     The services are created, not started, unless -Start is given. Neither depends
     on the other: they find each other through the NMR in either order.
@@ -32,20 +39,22 @@
     -WhatIf shows every change without making it.
 
 .PARAMETER PackageRoot
-    Mode A: the directory that holds nmr_client_package\ and nmr_provider_package\.
-    Default: <repo>\target\<CargoProfile>.
+    Mode A: the directory that holds nmr_client_package\ and nmr_provider_package\
+    (cargo make), or nmr_client.inf, nmr_provider.inf and their files (the
+    target/sys/ of a Linux build). Default: <repo>\target\<CargoProfile>.
 
 .PARAMETER CargoProfile
     Mode A, when -PackageRoot is not given: debug (what `cargo make` builds) or
     release (what `cargo make default --release` builds).
 
 .PARAMETER TrustTestCertificate
-    Mode A: import each package's WDRLocalTestCert.cer (the test certificate
-    wdk-build generates and signs with) into LocalMachine\Root and
-    LocalMachine\TrustedPublisher. Only on a disposable test machine.
+    Mode A: import the package's test certificate into LocalMachine\Root and
+    LocalMachine\TrustedPublisher: WDRLocalTestCert.cer (which wdk-build
+    generates and signs with) or nmr_test.cer (which scripts/sign-sys.sh makes
+    and signs with). Only on a disposable test machine.
 
 .PARAMETER LinuxImage
-    Mode B: the directory that holds nmr_client.sys and nmr_provider.sys.
+    Mode B (fallback): the directory that holds nmr_client.sys and nmr_provider.sys.
 
 .PARAMETER Start
     Also start both services (provider first, then client) and show their state.
@@ -53,6 +62,10 @@
 .EXAMPLE
     .\scripts\install.ps1 -TrustTestCertificate -Start
     Installs the debug packages built by `cargo make`, trusting their test certificate.
+
+.EXAMPLE
+    .\scripts\install.ps1 -PackageRoot C:\drop\sys -TrustTestCertificate -Start
+    Installs the packages built on Linux (target/sys/ copied to C:\drop\sys), the same way.
 
 .EXAMPLE
     .\scripts\install.ps1 -CargoProfile release -WhatIf
@@ -130,19 +143,51 @@ function Get-ServiceStateLine {
     throw "Unexpected output of sc.exe query ${Name}:`n$($result.Output)"
 }
 
+# Where each driver's INF and test certificate are: the layout cargo make writes
+# (one <name>_package directory per driver), or the one scripts/build-sys.sh
+# writes (one flat directory for both drivers).
+function Resolve-Packages {
+    param([Parameter(Mandatory = $true)] [string] $Root)
+    $wdk = Join-Path (Join-Path $Root "$($Drivers[0])_package") "$($Drivers[0]).inf"
+    $linux = Join-Path $Root "$($Drivers[0]).inf"
+    if (Test-Path -LiteralPath $wdk -PathType Leaf) {
+        Write-Host "Packages built by cargo make (WDK) in $Root"
+        return @($Drivers | ForEach-Object {
+                $package = Join-Path $Root "${_}_package"
+                [pscustomobject]@{ Name = $_; Inf = (Join-Path $package "$_.inf"); Cer = (Join-Path $package 'WDRLocalTestCert.cer') }
+            })
+    }
+    if (Test-Path -LiteralPath $linux -PathType Leaf) {
+        Write-Host "Packages built on Linux (scripts/build-sys.sh) in $Root"
+        # sign-sys.sh exports nmr_test.cer when it signs; without it the images
+        # and catalogs are unsigned and pnputil would refuse them.
+        if (-not (Test-Path -LiteralPath (Join-Path $Root 'nmr_test.cer') -PathType Leaf)) {
+            throw "No nmr_test.cer in ${Root}: this Linux build was not test-signed. Build it with scripts/build-sys.sh --sign."
+        }
+        return @($Drivers | ForEach-Object {
+                [pscustomobject]@{ Name = $_; Inf = (Join-Path $Root "$_.inf"); Cer = (Join-Path $Root 'nmr_test.cer') }
+            })
+    }
+    throw ("No $wdk (cargo make; cargo make default --release for -CargoProfile release) and no $linux " +
+        '(target/sys/ of scripts/build-sys.sh --sign). Build the packages first or pass -PackageRoot.')
+}
+
 function Install-FromPackages {
     $root = $PackageRoot
     if (-not $root) {
         $root = Join-Path (Join-Path (Split-Path -Parent $PSScriptRoot) 'target') $CargoProfile
     }
-    foreach ($name in $Drivers) {
-        $package = Join-Path $root "${name}_package"
-        $inf = Join-Path $package "$name.inf"
-        if (-not (Test-Path -LiteralPath $inf -PathType Leaf)) {
-            throw "No $inf. Build the packages first (cargo make; cargo make default --release for -CargoProfile release) or pass -PackageRoot."
+    $trusted = @{}
+    foreach ($package in (Resolve-Packages -Root $root)) {
+        $name = $package.Name
+        $inf = $package.Inf
+        if (-not (Test-Path -LiteralPath $inf -PathType Leaf)) { throw "No $inf in the package." }
+        $catalog = [IO.Path]::ChangeExtension($inf, '.cat')
+        if (-not (Test-Path -LiteralPath $catalog -PathType Leaf)) {
+            throw "No $catalog next to $inf. pnputil needs the package's signed catalog; for bare images use -LinuxImage (sc.exe create)."
         }
-        if ($TrustTestCertificate) {
-            $cer = Join-Path $package 'WDRLocalTestCert.cer'
+        if ($TrustTestCertificate -and -not $trusted.ContainsKey($package.Cer)) {
+            $cer = $package.Cer
             if (-not (Test-Path -LiteralPath $cer -PathType Leaf)) { throw "No $cer in the package." }
             foreach ($store in @('Cert:\LocalMachine\Root', 'Cert:\LocalMachine\TrustedPublisher')) {
                 if ($script:ScriptCmdlet.ShouldProcess($store, "Import-Certificate $cer")) {
@@ -150,6 +195,7 @@ function Install-FromPackages {
                     Write-Host "Imported $cer into $store"
                 }
             }
+            $trusted[$cer] = $true
         }
         $existing = Get-ServiceStateLine -Name $name
         if ($null -ne $existing) {
@@ -168,7 +214,7 @@ function Install-FromLinuxImage {
     foreach ($name in $Drivers) {
         $source = Join-Path $LinuxImage "$name.sys"
         if (-not (Test-Path -LiteralPath $source -PathType Leaf)) {
-            throw "No $source. Copy target/sys/ of the Linux build (scripts/build-sys.sh) here and pass it as -LinuxImage."
+            throw "No $source. Copy target/sys/ of the Linux build (scripts/build-sys.sh) here and pass it as -LinuxImage (or, with its catalogs, as -PackageRoot)."
         }
         $existing = Get-ServiceStateLine -Name $name
         if ($null -ne $existing) {

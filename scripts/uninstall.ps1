@@ -12,9 +12,10 @@
        which also removes the service the INF created.
        Mode B (-LinuxImage, for install.ps1 -LinuxImage): deletes the services
        with `sc.exe delete <name>` and the copied %SystemRoot%\System32\drivers\<name>.sys.
-    3. With -RemoveTestCertificate, removes the WDRLocalTestCert certificate that
+    3. With -RemoveTestCertificate, removes the test certificates that
        install.ps1 -TrustTestCertificate imported into LocalMachine\Root and
-       LocalMachine\TrustedPublisher.
+       LocalMachine\TrustedPublisher: WDRLocalTestCert (cargo make packages) and
+       "nmr Rust driver TEST SIGNING ONLY (throwaway)" (nmr_test.cer, Linux packages).
 
     Anything already gone is reported and skipped, so the script can be rerun.
     Needs an elevated PowerShell. -WhatIf lists the changes without making them.
@@ -23,7 +24,8 @@
     Remove the sc.exe-created services and the copied .sys files (mode B).
 
 .PARAMETER RemoveTestCertificate
-    Also remove WDRLocalTestCert from LocalMachine\Root and LocalMachine\TrustedPublisher.
+    Also remove WDRLocalTestCert and the Linux build's throwaway test certificate
+    from LocalMachine\Root and LocalMachine\TrustedPublisher.
 
 .PARAMETER TimeoutSeconds
     How long to wait for each service to stop (default 30).
@@ -151,8 +153,11 @@ function Remove-LinuxImage {
 
 function Remove-TestCertificate {
     foreach ($store in @('Cert:\LocalMachine\Root', 'Cert:\LocalMachine\TrustedPublisher')) {
-        $certificates = @(Get-ChildItem -LiteralPath $store | Where-Object { $_.Subject -eq 'CN=WDRLocalTestCert' })
-        if ($certificates.Count -eq 0) { Write-Host "${store}: no WDRLocalTestCert."; continue }
+        # WDRLocalTestCert: wdk-build's; the other: scripts/sign-sys.sh's nmr_test.cer.
+        $certificates = @(Get-ChildItem -LiteralPath $store | Where-Object {
+                $_.Subject -eq 'CN=WDRLocalTestCert' -or $_.Subject -like 'CN=nmr Rust driver TEST SIGNING ONLY (throwaway)*'
+            })
+        if ($certificates.Count -eq 0) { Write-Host "${store}: no test certificate of ours."; continue }
         foreach ($certificate in $certificates) {
             $target = "$store\$($certificate.Thumbprint) ($($certificate.Subject))"
             if ($script:ScriptCmdlet.ShouldProcess($target, 'Remove-Item')) {

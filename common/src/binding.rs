@@ -347,10 +347,46 @@ unsafe impl<B: Sync> Send for Linked<B> {}
 /// itself, and the release that may complete the detach, run after the lock
 /// is dropped (the completion runs the cleanup, which takes the lock).
 pub struct BindingSet<N: Nmr, D: 'static, T> {
-    list: SpinLock<N::Lock, LinkedList<N, D, T>>,
+    list: SpinLock<N::Lock, Links<Binding<N, D, T>>>,
 }
 
-type LinkedList<N, D, T> = Vec<Linked<Binding<N, D, T>>>;
+/// The linked bindings, and the places held for bindings not linked yet:
+/// `linked.capacity() >= linked.len() + reserved` always, so linking a
+/// reserved binding never allocates.
+struct Links<B> {
+    linked: Vec<Linked<B>>,
+    reserved: usize,
+}
+
+/// A place in a [`BindingSet`] held for one binding. A client takes it
+/// before `NmrClientAttachProvider`, after which the binding cannot be
+/// declined any more, so that linking it then cannot fail for want of
+/// memory. Dropped unused, it gives the place back.
+pub struct Reservation<'a, N: Nmr, D: Sync + 'static, T: Sync> {
+    set: &'a BindingSet<N, D, T>,
+}
+
+impl<N: Nmr, D: Sync + 'static, T: Sync> Reservation<'_, N, D, T> {
+    /// Links `binding` in the place held for it: never allocates, never fails.
+    ///
+    /// # Safety
+    ///
+    /// As [`BindingSet::insert`].
+    pub unsafe fn link(self, binding: NonNull<Binding<N, D, T>>) {
+        let set = self.set;
+        core::mem::forget(self);
+        let mut links = set.list.lock();
+        links.reserved -= 1;
+        debug_assert!(links.linked.len() < links.linked.capacity());
+        links.linked.push(Linked(binding));
+    }
+}
+
+impl<N: Nmr, D: Sync + 'static, T: Sync> Drop for Reservation<'_, N, D, T> {
+    fn drop(&mut self) {
+        self.set.list.lock().reserved -= 1;
+    }
+}
 
 /// The heap was exhausted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -360,8 +396,21 @@ impl<N: Nmr, D: Sync + 'static, T: Sync> BindingSet<N, D, T> {
     /// An empty set.
     pub fn new() -> Self {
         BindingSet {
-            list: SpinLock::new(Vec::new()),
+            list: SpinLock::new(Links {
+                linked: Vec::new(),
+                reserved: 0,
+            }),
         }
+    }
+
+    /// Holds a place for one more binding. `Err` when the heap is exhausted
+    /// (decline the attach).
+    pub fn reserve(&self) -> Result<Reservation<'_, N, D, T>, OutOfMemory> {
+        let mut links = self.list.lock();
+        let wanted = links.reserved + 1;
+        links.linked.try_reserve(wanted).map_err(|_| OutOfMemory)?;
+        links.reserved = wanted;
+        Ok(Reservation { set: self })
     }
 
     /// Links a binding. `Err` when the heap is exhausted (decline the attach).
@@ -370,15 +419,16 @@ impl<N: Nmr, D: Sync + 'static, T: Sync> BindingSet<N, D, T> {
     ///
     /// `binding` stays valid until it is removed with [`BindingSet::remove`].
     pub unsafe fn insert(&self, binding: NonNull<Binding<N, D, T>>) -> Result<(), OutOfMemory> {
-        let mut list = self.list.lock();
-        list.try_reserve(1).map_err(|_| OutOfMemory)?;
-        list.push(Linked(binding));
+        let place = self.reserve()?;
+        // SAFETY: forwarded: see the function's contract.
+        unsafe { place.link(binding) };
         Ok(())
     }
 
     /// Unlinks a binding; false if it was not linked.
     pub fn remove(&self, binding: NonNull<Binding<N, D, T>>) -> bool {
-        let mut list = self.list.lock();
+        let mut links = self.list.lock();
+        let list = &mut links.linked;
         match list.iter().position(|b| b.0 == binding) {
             Some(i) => {
                 list.swap_remove(i);
@@ -390,7 +440,7 @@ impl<N: Nmr, D: Sync + 'static, T: Sync> BindingSet<N, D, T> {
 
     /// How many bindings are linked.
     pub fn len(&self) -> usize {
-        self.list.lock().len()
+        self.list.lock().linked.len()
     }
 
     /// Whether no binding is linked.
@@ -405,8 +455,10 @@ impl<N: Nmr, D: Sync + 'static, T: Sync> BindingSet<N, D, T> {
         let mut index = 0;
         loop {
             let acquired = {
-                let list = self.list.lock();
-                let Some(linked) = list.get(index) else { break };
+                let links = self.list.lock();
+                let Some(linked) = links.linked.get(index) else {
+                    break;
+                };
                 index += 1;
                 // SAFETY: linked bindings are valid until removed, and removal
                 // takes this lock; once acquired, the count keeps the binding

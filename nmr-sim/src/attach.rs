@@ -1,6 +1,7 @@
 //! Attaching: the offer to the client (`ClientAttachProvider`), the
 //! provider's side inside `NmrClientAttachProvider` (R3, R4), and the
-//! outcome: a binding, a decline, or a late comer detached at once (R6).
+//! outcome: a binding, a decline, a late comer detached at once (R6), or the
+//! recovery from a client that fails after its provider attached (R3).
 
 use std::ffi::c_void;
 use std::ptr;
@@ -47,7 +48,7 @@ impl Sim {
             // them valid until its wait returns; the provider's instance is
             // valid likewise, and the binding handle is the client's own.
             unsafe {
-                f(
+                f.call(
                     std::ptr::without_provenance_mut(id),
                     context.0,
                     provider_instance.0,
@@ -56,6 +57,7 @@ impl Sim {
         });
 
         let mut violation = None;
+        // The binding to detach now, and the side to call first.
         let mut late = None;
         let raise;
         {
@@ -85,6 +87,23 @@ impl Sim {
                     // R6: a module began deregistering while this attach ran.
                     late = Some(st.begin_detach(id, self.inner.config.detach_order));
                 }
+            } else if provider_ok {
+                // R3: the client failed after NmrClientAttachProvider
+                // succeeded. The provider holds a binding: detach its side
+                // (honouring PENDING and its Complete) and clean it up, as the
+                // real NMR does. The client's side gets neither: it is done
+                // already, with no cleanup, and has freed its own context.
+                st.stats.attach_declines += 1;
+                st.log(NmrEvent::AttachDeclined, &name, Some(id), status);
+                let b = st
+                    .bindings
+                    .get_mut(&id)
+                    .expect("an attaching binding stays");
+                b.client.state.called = true;
+                b.client.state.returned = Some(STATUS_SUCCESS);
+                b.client.cleanup = None;
+                b.phase = Phase::Detaching;
+                late = Some(Side::Provider);
             } else {
                 st.remove_binding(id);
                 st.stats.attach_declines += 1;
@@ -93,11 +112,12 @@ impl Sim {
             raise = violation.and_then(|v| self.record(&mut st, v, false));
         }
         self.inner.cond.notify_all();
-        if let Some(msg) = raise {
-            panic!("{msg}");
-        }
+        // Detach first: a raised violation must not skip the recovery.
         if let Some(first) = late {
             self.deliver(vec![(id, first)]);
+        }
+        if let Some(msg) = raise {
+            panic!("{msg}");
         }
     }
 
@@ -190,7 +210,7 @@ impl Sim {
             // client's instance is valid until its wait returns, and the two
             // out pointers are this frame's locals.
             unsafe {
-                f(
+                f.call(
                     std::ptr::without_provenance_mut(provider_handle),
                     provider_context.0,
                     client_instance.0,

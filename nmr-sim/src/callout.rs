@@ -7,6 +7,7 @@ use std::sync::Arc;
 use crate::context::{FRAMES, Frame};
 use crate::core::Sim;
 use crate::level::{self as irql, Irql};
+use crate::running::{Mark, Running};
 use crate::violation::{Callback, Violation};
 
 impl Sim {
@@ -32,7 +33,10 @@ impl Sim {
                 module: module.clone(),
             })
         });
-        let result = f();
+        let result = {
+            let _running = Mark::set(Running::Module(callback.side()));
+            f()
+        };
         FRAMES.with(|fr| fr.borrow_mut().pop());
         let after = irql::set(before);
         if after != level {

@@ -8,6 +8,7 @@ use crate::config::Delivery;
 use crate::context::WORKER;
 use crate::core::{Inner, Queue, Sim, lock};
 use crate::log::Side;
+use crate::running::Mark;
 
 impl Sim {
     /// Delivers the detach callbacks of bindings already moved to `Detaching`.
@@ -34,6 +35,7 @@ impl Sim {
             // `first`: the two callbacks overlap. That thread delivers too.
             std::thread::scope(|s| {
                 s.spawn(|| {
+                    let _running = Mark::model();
                     WORKER.with(|w| w.set(true));
                     self.detach_side(id, first.other());
                 });
@@ -47,6 +49,7 @@ impl Sim {
 }
 
 pub(crate) fn worker(queue: Arc<Queue>, sim: Weak<Inner>) {
+    let _running = Mark::model();
     WORKER.with(|w| w.set(true));
     loop {
         let (id, first) = {

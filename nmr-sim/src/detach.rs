@@ -36,7 +36,7 @@ impl Sim {
             // SAFETY: the module registered this callback, and the binding
             // context it gave at attach stays valid until cleanup, which
             // cannot run before this side is done.
-            unsafe { f(context.0) }
+            unsafe { f.call(context.0) }
         });
 
         let mut violations = Vec::new();
@@ -165,7 +165,7 @@ impl Sim {
                 || {
                     // SAFETY: both sides completed detachment; the context is
                     // the one the module gave at attach, handed back once.
-                    unsafe { f(context.0) }
+                    unsafe { f.call(context.0) }
                 },
             );
         }

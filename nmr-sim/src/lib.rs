@@ -18,6 +18,7 @@
 //! [`irql::assert_can_block`] catch anything that would block at
 //! DISPATCH_LEVEL.
 
+mod abi;
 mod attach;
 mod callout;
 mod config;
@@ -32,6 +33,7 @@ mod log;
 mod nmr_impl;
 mod register;
 mod report;
+pub mod running;
 mod sim;
 mod state;
 mod violation;
@@ -42,5 +44,6 @@ pub use core::Sim;
 pub use irql::Irql;
 pub use lock::SimLock;
 pub use log::{LogEntry, NmrEvent, Side};
+pub use running::Running;
 pub use state::{BindingInfo, Stats};
 pub use violation::{Callback, Violation};

@@ -8,12 +8,14 @@ use nmr_common::ffi::*;
 use nmr_common::nmr::Nmr;
 use nmr_common::trace::Record;
 
+use crate::abi::CallbackAbi;
 use crate::context::{current_module, on_stack};
 use crate::core::Sim;
 use crate::level::{self as irql, Irql};
 use crate::lock::SimLock;
 use crate::log::{LogEntry, Side};
-use crate::state::{AttachFn, Resolved};
+use crate::running::Mark;
+use crate::state::Resolved;
 use crate::violation::{Callback, Violation};
 
 impl Nmr for Sim {
@@ -25,23 +27,8 @@ impl Nmr for Sim {
         context: *mut c_void,
         handle: *mut HANDLE,
     ) -> NTSTATUS {
-        let _entry = self.enter();
-        // SAFETY: null or the caller's characteristics, valid until the wait returns.
-        let Some(c) = (unsafe { characteristics.as_ref() }) else {
-            return self.null_characteristics(Side::Client);
-        };
-        self.register(
-            Side::Client,
-            c.Version,
-            c.Length,
-            size_of::<NPI_CLIENT_CHARACTERISTICS>(),
-            &raw const c.ClientRegistrationInstance,
-            c.ClientAttachProvider.map(AttachFn::Client),
-            c.ClientDetachProvider,
-            c.ClientCleanupBindingContext,
-            context,
-            handle,
-        )
+        // SAFETY: forwarded; a host module's callbacks are `extern "system"`.
+        unsafe { self.register_client_abi(CallbackAbi::System, characteristics, context, handle) }
     }
 
     unsafe fn deregister_client(&self, handle: HANDLE) -> NTSTATUS {
@@ -83,23 +70,8 @@ impl Nmr for Sim {
         context: *mut c_void,
         handle: *mut HANDLE,
     ) -> NTSTATUS {
-        let _entry = self.enter();
-        // SAFETY: null or the caller's characteristics, valid until the wait returns.
-        let Some(c) = (unsafe { characteristics.as_ref() }) else {
-            return self.null_characteristics(Side::Provider);
-        };
-        self.register(
-            Side::Provider,
-            c.Version,
-            c.Length,
-            size_of::<NPI_PROVIDER_CHARACTERISTICS>(),
-            &raw const c.ProviderRegistrationInstance,
-            c.ProviderAttachClient.map(AttachFn::Provider),
-            c.ProviderDetachClient,
-            c.ProviderCleanupBindingContext,
-            context,
-            handle,
-        )
+        // SAFETY: forwarded; a host module's callbacks are `extern "system"`.
+        unsafe { self.register_provider_abi(CallbackAbi::System, characteristics, context, handle) }
     }
 
     unsafe fn deregister_provider(&self, handle: HANDLE) -> NTSTATUS {
@@ -118,6 +90,7 @@ impl Nmr for Sim {
     }
 
     fn trace(&self, record: &Record<'_>) {
+        let _running = Mark::model();
         let entry = LogEntry::Module {
             line: record.to_string(),
             event: record.event,
@@ -132,6 +105,7 @@ impl Nmr for Sim {
     }
 
     fn delay(&self, micros: u32) {
+        let _running = Mark::model();
         if irql::current() != Irql::Passive {
             self.report(Violation::BlockingAtDispatch {
                 what: "Nmr::delay",
@@ -143,6 +117,7 @@ impl Nmr for Sim {
     }
 
     fn incoming_call(&self, callee_binding: HANDLE) {
+        let _running = Mark::model();
         let h = callee_binding as usize;
         let v = {
             let mut st = self.state();

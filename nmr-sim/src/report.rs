@@ -13,6 +13,7 @@ use crate::context::{DEPTH, FRAMES, LAST_SIM, WORKER, current_module};
 use crate::core::Sim;
 use crate::level::{self as irql, Irql};
 use crate::log::{NmrEvent, Side};
+use crate::running::Mark;
 use crate::state::{Resolved, State};
 use crate::violation::Violation;
 
@@ -43,9 +44,13 @@ fn blocking_at_dispatch(what: &'static str) {
     }
 }
 
-/// Marks an NMR entry point on this thread; raises a deferred
-/// [`Policy::Panic`] violation when the outermost one ends.
-pub(crate) struct Entry<'a>(&'a Sim);
+/// Marks an NMR entry point on this thread (and the model's code as
+/// running); raises a deferred [`Policy::Panic`] violation when the
+/// outermost one ends.
+pub(crate) struct Entry<'a> {
+    sim: &'a Sim,
+    _running: Mark,
+}
 
 impl Drop for Entry<'_> {
     fn drop(&mut self) {
@@ -54,7 +59,7 @@ impl Drop for Entry<'_> {
             d.get()
         });
         if depth == 0 && !WORKER.with(Cell::get) && !std::thread::panicking() {
-            self.0.raise_pending();
+            self.sim.raise_pending();
         }
     }
 }
@@ -84,7 +89,10 @@ impl Sim {
             d.get() == 1
         });
         LAST_SIM.with(|l| *l.borrow_mut() = Arc::downgrade(&self.inner));
-        let entry = Entry(self);
+        let entry = Entry {
+            sim: self,
+            _running: Mark::model(),
+        };
         if outer && !WORKER.with(Cell::get) {
             self.raise_pending();
         }

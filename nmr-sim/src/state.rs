@@ -82,8 +82,7 @@ pub struct BindingInfo {
     pub phase: &'static str,
 }
 
-pub(crate) type DetachFn = unsafe extern "system" fn(*mut c_void) -> NTSTATUS;
-pub(crate) type CleanupFn = unsafe extern "system" fn(*mut c_void);
+pub(crate) use crate::abi::{CleanupFn, DetachFn};
 
 /// A raw pointer the model stores and hands back, never dereferences.
 pub(crate) struct Raw<T>(pub(crate) *mut T);
@@ -104,8 +103,8 @@ unsafe impl<T> Send for Raw<T> {}
 
 #[derive(Clone, Copy)]
 pub(crate) enum AttachFn {
-    Client(NPI_CLIENT_ATTACH_PROVIDER_FN),
-    Provider(NPI_PROVIDER_ATTACH_CLIENT_FN),
+    Client(crate::abi::ClientAttach),
+    Provider(crate::abi::ProviderAttach),
 }
 
 pub(crate) struct Registration {

@@ -40,6 +40,18 @@ impl Callback {
         }
     }
 
+    /// The side whose callback it is.
+    pub const fn side(self) -> Side {
+        match self {
+            Callback::ClientAttachProvider
+            | Callback::ClientDetachProvider
+            | Callback::ClientCleanupBindingContext => Side::Client,
+            Callback::ProviderAttachClient
+            | Callback::ProviderDetachClient
+            | Callback::ProviderCleanupBindingContext => Side::Provider,
+        }
+    }
+
     /// The C name.
     pub const fn name(self) -> &'static str {
         match self {

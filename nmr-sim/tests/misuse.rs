@@ -601,12 +601,26 @@ fn attach_status_mismatch() {
                 provider_status: Some(STATUS_SUCCESS)
             }
         );
+        // R3 (revised): the model recovers. The provider's side is detached
+        // and cleaned up (on the delivery thread: quiesce); the client's
+        // side gets neither.
+        sim.quiesce();
         assert_eq!(sim.live_bindings(), 0);
         drain(&sim, &[&c, &p]);
-        // No detach or cleanup for the dropped binding.
+        let s = sim.stats();
         assert_eq!(
-            sim.stats().client_cleanups + sim.stats().provider_cleanups,
-            0
+            (
+                s.provider_detach_success + s.provider_detach_pending,
+                s.provider_cleanups
+            ),
+            (1, 1)
+        );
+        assert_eq!(
+            (
+                s.client_detach_success + s.client_detach_pending,
+                s.client_cleanups
+            ),
+            (0, 0)
         );
 
         // Client says yes without attaching.

@@ -7,9 +7,13 @@
 //! - [`stress`]: the load/unload stress with calls flowing both ways, shared
 //!   by the `testbed stress` command and the end-to-end tests.
 //! - [`alloc_count`]: a counting global allocator, for leak checks.
+//! - [`fault`]: systematic fault injection: every allocation the modules
+//!   make, failed in turn.
 
 pub mod alloc_count;
 pub mod demo;
+pub mod fault;
+pub mod images;
 pub mod stress;
 
 use std::collections::HashMap;

@@ -38,6 +38,26 @@ enum Command {
         #[arg(long)]
         nmr: bool,
     },
+    /// Systematic fault injection on the shipped images (x86_64 Linux): a
+    /// load/attach/call/unload cycle per fallible call, that call failing.
+    Faults(FaultsArgs),
+}
+
+#[derive(clap::Args)]
+struct FaultsArgs {
+    /// The directory holding nmr_client.sys and nmr_provider.sys.
+    #[arg(long, default_value = "target/sys")]
+    images: std::path::PathBuf,
+    /// Also this many cycles per image with a seeded random fraction of the
+    /// fallible calls failing (Driver Verifier's low-resources simulation).
+    #[arg(long, default_value_t = 20)]
+    random_runs: u32,
+    /// The fraction failed in the random runs, in percent.
+    #[arg(long, default_value_t = 30)]
+    random_percent: u32,
+    /// Seed of the random runs.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
 }
 
 #[derive(clap::Args)]
@@ -69,9 +89,18 @@ struct StressArgs {
     /// Microseconds each notify call takes in the client.
     #[arg(long, default_value_t = 20)]
     notify_latency_us: u32,
-    /// Cycles per model instance.
-    #[arg(long, default_value_t = 500)]
-    phase_cycles: u64,
+    /// Cycles per model instance (default: 500; 40 with --images).
+    #[arg(long)]
+    phase_cycles: Option<u64>,
+    /// Run the shipped images from this directory (nmr_client.sys,
+    /// nmr_provider.sys: `bash scripts/build-sys.sh` writes target/sys)
+    /// instead of the modules compiled for the host. x86_64 Linux only.
+    #[arg(long)]
+    images: Option<std::path::PathBuf>,
+    /// With --images: the longest a driver's worker thread sleeps between
+    /// rounds, in microseconds (the drivers ask for 10 ms).
+    #[arg(long, default_value_t = 200)]
+    worker_period_us: u32,
     /// Print the modules' trace lines, as DbgPrintEx shows them in WinDbg.
     #[arg(long)]
     trace: bool,
@@ -86,7 +115,30 @@ fn main() -> ExitCode {
             }
             return ExitCode::SUCCESS;
         }
+        Command::Faults(args) => {
+            return testbed::images::faults(
+                &args.images,
+                args.random_runs,
+                args.random_percent,
+                args.seed,
+            );
+        }
     };
+    if let Some(dir) = &args.images {
+        let config = testbed::images::ImageArgs {
+            images: dir.clone(),
+            cycles: args.cycles,
+            duration: Duration::from_secs_f64(args.duration.max(0.0)),
+            seed: args.seed,
+            latency_us: args.latency_us,
+            worker_period_us: args.worker_period_us,
+            phase_cycles: args.phase_cycles.unwrap_or(40).max(1),
+            trace: args.trace,
+        };
+        return with_progress(config.cycles, config.duration, |progress| {
+            testbed::images::stress(&config, progress)
+        });
+    }
     let config = StressConfig {
         cycles: args.cycles,
         duration: Duration::from_secs_f64(args.duration.max(0.0)),
@@ -97,7 +149,7 @@ fn main() -> ExitCode {
         seed: args.seed,
         latency_us: args.latency_us,
         notify_latency_us: args.notify_latency_us,
-        phase_cycles: args.phase_cycles.max(1),
+        phase_cycles: args.phase_cycles.unwrap_or(500).max(1),
         trace: args.trace,
         ..StressConfig::default()
     };
@@ -113,39 +165,9 @@ fn main() -> ExitCode {
             None => format!("{:.0} s", config.duration.as_secs_f64()),
         }
     );
-    let report = if std::io::stderr().is_terminal() {
-        let bar = match config.cycles {
-            Some(total) => ProgressBar::new(total),
-            None => ProgressBar::new(config.duration.as_millis() as u64),
-        };
-        bar.set_style(
-            ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {msg}")
-                .expect("a valid template"),
-        );
-        let start = std::time::Instant::now();
-        let by_cycles = config.cycles.is_some();
-        let report = stress::run(&config, &|cycles| {
-            if cycles % 16 == 0 {
-                bar.set_position(if by_cycles {
-                    cycles
-                } else {
-                    start.elapsed().as_millis() as u64
-                });
-                bar.set_message(format!("{cycles} cycles"));
-            }
-        });
-        bar.finish_and_clear();
-        report
-    } else {
-        let last = std::sync::Mutex::new(std::time::Instant::now());
-        stress::run(&config, &|cycles| {
-            let mut last = last.lock().unwrap();
-            if last.elapsed() >= Duration::from_secs(2) {
-                *last = std::time::Instant::now();
-                println!("  ... {cycles} cycles");
-            }
-        })
-    };
+    let report = with_progress(config.cycles, config.duration, |progress| {
+        stress::run(&config, progress)
+    });
     for line in &report.trace {
         println!("{line}");
     }
@@ -163,5 +185,47 @@ fn main() -> ExitCode {
             println!("stress: FAIL: {f}");
         }
         ExitCode::FAILURE
+    }
+}
+
+/// Runs `job` with the progress display: a bar on a terminal, else a line
+/// every two seconds. `job` reports the cycle count through its argument.
+fn with_progress<R>(
+    cycles: Option<u64>,
+    duration: Duration,
+    job: impl FnOnce(&(dyn Fn(u64) + Sync)) -> R,
+) -> R {
+    if std::io::stderr().is_terminal() {
+        let bar = match cycles {
+            Some(total) => ProgressBar::new(total),
+            None => ProgressBar::new(duration.as_millis() as u64),
+        };
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {msg}")
+                .expect("a valid template"),
+        );
+        let start = std::time::Instant::now();
+        let by_cycles = cycles.is_some();
+        let result = job(&|cycles| {
+            if cycles % 16 == 0 {
+                bar.set_position(if by_cycles {
+                    cycles
+                } else {
+                    start.elapsed().as_millis() as u64
+                });
+                bar.set_message(format!("{cycles} cycles"));
+            }
+        });
+        bar.finish_and_clear();
+        result
+    } else {
+        let last = std::sync::Mutex::new(std::time::Instant::now());
+        job(&|cycles| {
+            let mut last = last.lock().unwrap();
+            if last.elapsed() >= Duration::from_secs(2) {
+                *last = std::time::Instant::now();
+                println!("  ... {cycles} cycles");
+            }
+        })
     }
 }

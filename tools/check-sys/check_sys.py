@@ -43,6 +43,9 @@ NTOSKRNL_ALLOWED = {
     # common/src/sync.rs: KernelSpinLock
     "KeAcquireSpinLockRaiseToDpc",
     "KeReleaseSpinLock",
+    # common/src/nmr.rs: the per-processor rundown
+    "KeQueryMaximumProcessorCountEx",
+    "KeGetCurrentProcessorNumberEx",
 }
 
 # The NMR functions each driver needs, exactly (common/src/ffi.rs, `netio`).

@@ -271,6 +271,17 @@ unsafe extern "system" fn attach_provider<N: Nmr>(
             &"no memory for the binding",
         );
     };
+    // The binding's place in our list, held now: once NmrClientAttachProvider
+    // succeeds the binding cannot be declined, so linking it must not fail.
+    let Ok(place) = module.bindings.reserve() else {
+        drop(binding);
+        return module.core.decline(
+            &module.stats.declined,
+            handle,
+            STATUS_INSUFFICIENT_RESOURCES,
+            &"no memory to list the binding",
+        );
+    };
     let binding = Box::into_raw(binding);
     let (mut peer_context, mut peer_dispatch) = (ptr::null_mut(), ptr::null());
     // SAFETY: inside ClientAttachProvider for `handle`; our context and
@@ -286,7 +297,8 @@ unsafe extern "system" fn attach_provider<N: Nmr>(
         )
     };
     if !nt_success(status) {
-        // R3: a failed attach has no detach and no cleanup: we free it.
+        // R3: a failed attach has no detach and no cleanup: we free it (and
+        // give its place in the list back).
         // SAFETY: the binding came from `Box::into_raw`, and the provider
         // declined, so nobody else has it.
         drop(unsafe { Box::from_raw(binding) });
@@ -315,15 +327,9 @@ unsafe extern "system" fn attach_provider<N: Nmr>(
             Some(format_args!("{why}; binding unused")),
         ),
     }
-    // SAFETY: `binding` stays valid until cleanup, which unlinks it first.
-    if unsafe { module.bindings.insert(NonNull::new_unchecked(binding)) }.is_err() {
-        module.core.trace(
-            Event::PeerFault,
-            Some(id),
-            STATUS_INSUFFICIENT_RESOURCES,
-            Some(format_args!("binding unused: no memory to list it")),
-        );
-    }
+    // SAFETY: `binding` (from `Box::into_raw`, so non-null) stays valid
+    // until cleanup, which unlinks it first.
+    unsafe { place.link(NonNull::new_unchecked(binding)) };
     module.stats.attached.fetch_add(1, Relaxed);
     module.core.trace(
         Event::AttachAccepted,

@@ -245,7 +245,20 @@ function Start-Drivers {
     }
 }
 
+# Both images import ExAllocatePool2, exported from Windows 10 2004 (build
+# 19041) on. The INFs refuse older builds by themselves (their install sections
+# are decorated NTamd64.10.0...19041); sc.exe create, used for -LinuxImage, has
+# no such check, so say it here rather than let sc.exe start fail with 127
+# (ERROR_PROC_NOT_FOUND).
+function Assert-WindowsBuild {
+    $build = [Environment]::OSVersion.Version.Build
+    if ($build -lt 19041) {
+        throw "These drivers need Windows 10 version 2004 (build 19041) or later: they import ExAllocatePool2. This is build $build."
+    }
+}
+
 Assert-Administrator -Purpose 'Installing drivers and services'
+Assert-WindowsBuild
 Test-TestSigning
 
 if ($PSCmdlet.ParameterSetName -eq 'LinuxImage') {

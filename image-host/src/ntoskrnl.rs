@@ -509,24 +509,24 @@ pub(crate) extern "win64" fn ke_bug_check_ex(
     let mut text = format!(
         "\nBUGCHECK: KeBugCheckEx(0x{code:08X}, {p1:#x}, {p2:#x}, {p3:#x}, {p4:#x}) from {image}"
     );
-    if code == 0x5255_5354 {
-        // The shell's panic: line in P1, the file name's address in P2.
+    if code == 0x5250_4E43 {
+        // A Rust panic ("RPNC", as wdk-panic and the shell raise it): the file
+        // name's address in P1 and its length in P2, the line in P3, the
+        // column in P4.
         let mut file = String::new();
-        if crate::registry::image_at(p2).is_some() {
-            for i in 0..200 {
-                if crate::registry::image_at(p2 + i).is_none() {
-                    break;
-                }
-                // SAFETY: inside a mapped image (checked per byte just above),
-                // whose sections are all readable.
-                let b = unsafe { *((p2 + i) as *const u8) };
-                if !(b.is_ascii_alphanumeric() || b"/\\._-".contains(&b)) {
-                    break;
-                }
-                file.push(b as char);
+        for i in 0..p2.min(260) {
+            if crate::registry::image_at(p1 + i).is_none() {
+                break;
             }
+            // SAFETY: inside a mapped image (checked per byte just above),
+            // whose sections are all readable.
+            let b = unsafe { *((p1 + i) as *const u8) };
+            if !(b.is_ascii_graphic() || b == b' ') {
+                break;
+            }
+            file.push(b as char);
         }
-        let _ = write!(text, "\n  a Rust panic in the driver at {file}:{p1}");
+        let _ = write!(text, "\n  a Rust panic in the driver at {file}:{p3}:{p4}");
     }
     eprintln!("{text}");
     // SAFETY: _exit ends the process without running anything of the images.

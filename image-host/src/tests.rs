@@ -450,10 +450,11 @@ fn the_pool_accounts_per_image_and_catches_overruns_and_bad_frees() {
 fn a_bug_check_reports_code_parameters_and_the_image_and_stops_the_run() {
     if in_child().is_some() {
         let d = load("KeQueryMaximumProcessorCountEx\0").unwrap();
-        // What the shell's panic handler passes: "RUST", the line, the file
-        // name's address (here: the image's "synthetic.sys" export name).
+        // What the panic handler passes (wdk-panic's layout, on both
+        // surfaces): "RPNC", the file name's address and length (here: the
+        // image's "synthetic.sys" export name), the line, the column.
         let file = d.image().base() + 0x2200;
-        crate::ntoskrnl::ke_bug_check_ex(0x5255_5354, 42, file, 0, 0);
+        crate::ntoskrnl::ke_bug_check_ex(0x5250_4E43, file, "synthetic.sys".len(), 42, 7);
     }
     let (code, stderr) = child(
         "tests::a_bug_check_reports_code_parameters_and_the_image_and_stops_the_run",
@@ -461,12 +462,12 @@ fn a_bug_check_reports_code_parameters_and_the_image_and_stops_the_run() {
     );
     assert_eq!(code, Some(crate::FAULT_EXIT_CODE), "{stderr}");
     assert!(
-        stderr.contains("BUGCHECK: KeBugCheckEx(0x52555354, 0x2a,"),
+        stderr.contains("BUGCHECK: KeBugCheckEx(0x52504E43, "),
         "{stderr}"
     );
     assert!(stderr.contains("from synthetic.sys"), "{stderr}");
     assert!(
-        stderr.contains("a Rust panic in the driver at synthetic.sys:42"),
+        stderr.contains("a Rust panic in the driver at synthetic.sys:42:7"),
         "{stderr}"
     );
 }

@@ -1,17 +1,20 @@
 //! The kernel surface declared by hand: the functions the shell uses,
 //! imported with `raw-dylib` from `ntoskrnl.exe` (no WDK, no import library),
-//! the one `DRIVER_OBJECT` field it writes, a pool allocator, a panic handler
-//! that bug-checks, and the CRT symbols every driver image needs.
+//! the one `DRIVER_OBJECT` field it writes, a panic handler that bug-checks the
+//! way wdk-panic does, and the CRT symbols every driver image needs.
 //!
-//! A line-for-line twin of `km_wdk.rs`; the layout checks at the bottom pin
-//! what it declares to the WDK headers (NMR-CONTRACT.md §1).
+//! The twin of `km_wdk.rs`: the same public items with the same signatures,
+//! each a thin wrapper of one kernel function (`tests/twins.rs` checks it).
+//! Policy is in `shell.rs`, shared by both. The layout checks at the bottom
+//! pin what this file declares to the WDK headers (NMR-CONTRACT.md §1).
 
 #![allow(non_snake_case)]
 
-use core::alloc::{GlobalAlloc, Layout};
 use core::ffi::c_void;
 
-use nmr_common::ffi::{HANDLE, NTSTATUS, STATUS_SUCCESS};
+use nmr_common::ffi::{HANDLE, NTSTATUS};
+
+use super::{DriverUnload, StartRoutine};
 
 #[link(name = "ntoskrnl.exe", kind = "raw-dylib", modifiers = "+verbatim")]
 unsafe extern "system" {
@@ -62,20 +65,10 @@ pub struct DriverObject {
     _after: [u8; 224],
 }
 
-/// `DRIVER_UNLOAD`.
-pub type DriverUnload = unsafe extern "C" fn(*mut DriverObject);
-/// `KSTART_ROUTINE`.
-pub type StartRoutine = unsafe extern "C" fn(*mut c_void);
-
-/// `THREAD_ALL_ACCESS`: `STANDARD_RIGHTS_REQUIRED | SYNCHRONIZE | 0xFFFF`.
-const THREAD_ALL_ACCESS: u32 = 0x001F_FFFF;
-/// `POOL_FLAG_NON_PAGED`: usable at DISPATCH_LEVEL, where cleanups run.
-const POOL_FLAG_NON_PAGED: u64 = 0x0000_0000_0000_0040;
-/// What `ExAllocatePool2` guarantees on x64 without help.
-const POOL_ALIGNMENT: usize = 16;
-/// The bug check a panic raises: a driver-defined code, with the panic's
-/// line in parameter 1 and its file name's address in parameter 2.
-pub const BUGCHECK_RUST_PANIC: u32 = 0x5255_5354; // "RUST"
+/// The bug check a panic raises: wdk-panic 0.5's, so that a panic reads the
+/// same in `!analyze -v` from either image: `"RPNC"`, then the panic's file
+/// name (address, length), line and column.
+const RUST_PANIC_BUGCHECK_CODE: u32 = u32::from_be_bytes(*b"RPNC");
 
 /// `DbgPrintEx(component, level, "%s", line)`.
 ///
@@ -83,70 +76,85 @@ pub const BUGCHECK_RUST_PANIC: u32 = 0x5255_5354; // "RUST"
 ///
 /// `line` is NUL-terminated.
 pub unsafe fn dbg_print(component: u32, level: u32, line: *const u8) {
-    // SAFETY: "%s" with one NUL-terminated string argument.
+    // SAFETY: "%s" with one NUL-terminated string argument. The count of
+    // characters printed that DbgPrintEx returns is of no use.
     unsafe { DbgPrintEx(component, level, c"%s".as_ptr().cast(), line) };
 }
 
-/// `PsCreateSystemThread` in the system process.
+/// `PsCreateSystemThread` in the system process: null object attributes,
+/// process and client id.
 ///
 /// # Safety
 ///
-/// `context` is valid for as long as the thread uses it.
+/// PASSIVE, in the system process (DriverEntry); `context` is valid for as
+/// long as the thread uses it.
+#[must_use]
 pub unsafe fn create_system_thread(
+    thread: &mut HANDLE,
+    access: u32,
     start: StartRoutine,
     context: *mut c_void,
-) -> Result<HANDLE, NTSTATUS> {
-    let mut thread: HANDLE = core::ptr::null_mut();
-    // SAFETY: null object attributes and process: a thread of the system
-    // process (DriverEntry runs there, so the handle is one of its handles).
-    let status = unsafe {
+) -> NTSTATUS {
+    // SAFETY: see the function's contract; the handle is written on success.
+    unsafe {
         PsCreateSystemThread(
-            &mut thread,
-            THREAD_ALL_ACCESS,
+            thread,
+            access,
             core::ptr::null_mut(),
             core::ptr::null_mut(),
             core::ptr::null_mut(),
             start,
             context,
         )
-    };
-    if status == STATUS_SUCCESS {
-        Ok(thread)
-    } else {
-        Err(status)
     }
 }
 
-/// Waits for the thread to terminate, then closes its handle (PASSIVE).
+/// `ZwWaitForSingleObject(handle, FALSE, NULL)`: waits without a timeout.
 ///
 /// # Safety
 ///
-/// `thread` is a handle from [`create_system_thread`], not closed yet.
-pub unsafe fn wait_and_close(thread: HANDLE) -> NTSTATUS {
-    // SAFETY: a valid thread handle of the system process; no timeout.
-    let status = unsafe { ZwWaitForSingleObject(thread, 0, core::ptr::null_mut()) };
-    // SAFETY: closed once.
-    unsafe { ZwClose(thread) };
-    status
+/// PASSIVE; `handle` is an open handle of the system process.
+#[must_use]
+pub unsafe fn wait_for_object(handle: HANDLE) -> NTSTATUS {
+    // SAFETY: see the function's contract.
+    unsafe { ZwWaitForSingleObject(handle, 0, core::ptr::null_mut()) }
 }
 
-/// `KeDelayExecutionThread` for `ms` milliseconds (PASSIVE).
-pub fn delay_ms(ms: u32) {
-    let mut interval: i64 = -(i64::from(ms) * 10_000);
-    // SAFETY: KernelMode (0), not alertable, a relative interval (LARGE_INTEGER)
-    // that lives across the call.
-    unsafe { KeDelayExecutionThread(0, 0, &mut interval) };
+/// `ZwClose`.
+///
+/// # Safety
+///
+/// PASSIVE; `handle` is an open handle of the system process, closed once.
+#[must_use]
+pub unsafe fn close_handle(handle: HANDLE) -> NTSTATUS {
+    // SAFETY: see the function's contract.
+    unsafe { ZwClose(handle) }
 }
 
-/// `PsTerminateSystemThread(STATUS_SUCCESS)`: ends the calling system thread.
+/// `KeDelayExecutionThread(KernelMode, FALSE, &interval)`; a negative
+/// interval is relative, in 100 ns units.
+///
+/// # Safety
+///
+/// IRQL at most APC_LEVEL.
+#[must_use]
+pub unsafe fn delay_execution(interval: i64) -> NTSTATUS {
+    let mut interval = interval;
+    // SAFETY: KernelMode (0), not alertable, an interval (LARGE_INTEGER) that
+    // lives across the call; the IRQL is the caller's contract.
+    unsafe { KeDelayExecutionThread(0, 0, &mut interval) }
+}
+
+/// `PsTerminateSystemThread(status)`: ends the calling system thread, and
+/// returns only if the caller is not one (`STATUS_INVALID_PARAMETER`).
 ///
 /// # Safety
 ///
 /// Called by a system thread the driver created, holding nothing.
-pub unsafe fn terminate_thread() -> ! {
+#[must_use]
+pub unsafe fn terminate_system_thread(status: NTSTATUS) -> NTSTATUS {
     // SAFETY: see the function's contract.
-    unsafe { PsTerminateSystemThread(STATUS_SUCCESS) };
-    unreachable!("PsTerminateSystemThread returned")
+    unsafe { PsTerminateSystemThread(status) }
 }
 
 /// Sets `DriverObject->DriverUnload`.
@@ -159,67 +167,44 @@ pub unsafe fn set_unload(driver: *mut DriverObject, unload: DriverUnload) {
     unsafe { (*driver).DriverUnload = Some(unload) };
 }
 
-/// Non-paged pool with our tag. Alignments above the pool's 16 bytes are
-/// honoured by over-allocating and keeping the pool's pointer just below the
-/// aligned block.
-struct PoolAllocator;
-
-#[global_allocator]
-static ALLOCATOR: PoolAllocator = PoolAllocator;
-
-// SAFETY: every block comes from ExAllocatePool2 (non-paged, so usable at
-// DISPATCH_LEVEL), is aligned as asked (see `alloc`), and is returned with the
-// same tag; null is returned on failure, as GlobalAlloc requires.
-unsafe impl GlobalAlloc for PoolAllocator {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if layout.align() <= POOL_ALIGNMENT {
-            // SAFETY: a plain pool allocation; the caller handles null.
-            return unsafe { ExAllocatePool2(POOL_FLAG_NON_PAGED, layout.size(), crate::POOL_TAG) }
-                .cast();
-        }
-        let Some(total) = layout.size().checked_add(layout.align()) else {
-            return core::ptr::null_mut();
-        };
-        // SAFETY: as above.
-        let raw =
-            unsafe { ExAllocatePool2(POOL_FLAG_NON_PAGED, total, crate::POOL_TAG) }.cast::<u8>();
-        if raw.is_null() {
-            return raw;
-        }
-        // `raw` is 16-aligned and `align` a larger power of two, so the first
-        // aligned address at least 8 bytes in is at most `align` bytes in:
-        // the block fits in `total`, and the word below it is ours.
-        let offset = (raw.addr() + 8).next_multiple_of(layout.align()) - raw.addr();
-        // SAFETY: `offset <= align`, so `aligned .. aligned + size` and the
-        // word before `aligned` lie inside the allocation.
-        unsafe {
-            let aligned = raw.add(offset);
-            aligned.cast::<*mut u8>().sub(1).write(raw);
-            aligned
-        }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        let raw = if layout.align() <= POOL_ALIGNMENT {
-            ptr
-        } else {
-            // SAFETY: `alloc` stored the pool's pointer in the word below.
-            unsafe { ptr.cast::<*mut u8>().sub(1).read() }
-        };
-        // SAFETY: `raw` came from ExAllocatePool2 with our tag.
-        unsafe { ExFreePoolWithTag(raw.cast(), crate::POOL_TAG) };
-    }
+/// `ExAllocatePool2(flags, size, tag)`: a zeroed block, 16-aligned on x64,
+/// or null.
+///
+/// # Safety
+///
+/// `size` is not zero; the IRQL suits `flags` (DISPATCH_LEVEL or below for
+/// non-paged pool).
+#[must_use]
+pub unsafe fn allocate_pool(flags: u64, size: usize, tag: u32) -> *mut u8 {
+    // SAFETY: see the function's contract.
+    unsafe { ExAllocatePool2(flags, size, tag) }.cast()
 }
 
-/// A panic in the kernel is a bug: stop the machine with our bug check, so
-/// that `!analyze -v` shows where.
+/// `ExFreePoolWithTag(block, tag)`.
+///
+/// # Safety
+///
+/// `block` came from [`allocate_pool`] with `tag` and is freed once, at
+/// DISPATCH_LEVEL or below.
+pub unsafe fn free_pool(block: *mut u8, tag: u32) {
+    // SAFETY: see the function's contract.
+    unsafe { ExFreePoolWithTag(block.cast(), tag) };
+}
+
+/// A panic in the kernel is a bug: stop the machine the way wdk-panic does,
+/// so that `!analyze -v` shows where.
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
-    let (line, file) = info
-        .location()
-        .map_or((0, 0), |l| (l.line() as usize, l.file().as_ptr().addr()));
+    let (file, file_len, line, column) = info.location().map_or((0, 0, 0, 0), |l| {
+        (
+            l.file().as_ptr().addr(),
+            l.file().len(),
+            l.line() as usize,
+            l.column() as usize,
+        )
+    });
     // SAFETY: KeBugCheckEx may be called at any IRQL and does not return.
-    unsafe { KeBugCheckEx(BUGCHECK_RUST_PANIC, line, file, 0, 0) }
+    unsafe { KeBugCheckEx(RUST_PANIC_BUGCHECK_CODE, file, file_len, line, column) }
 }
 
 // `_fltused` and `__CxxFrameHandler3` are defined in assembly, not as Rust

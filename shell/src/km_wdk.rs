@@ -1,32 +1,34 @@
-//! The kernel surface from windows-drivers-rs: `wdk-sys` bindings, the WDK's
-//! import libraries (linked by wdk-build), `WdkAllocator` and `wdk-panic`.
+//! The kernel surface from windows-drivers-rs: `wdk-sys` bindings, linked
+//! through the WDK's import libraries (wdk-sys names them, wdk-build finds
+//! them), and wdk-panic's panic handler.
 //!
 //! Compiled only on a Windows host with the WDK (the `wdk` feature); the
-//! Linux CI cannot build it. Keep it a line-for-line twin of `km_raw.rs`.
+//! Linux CI cannot build it. It is the twin of `km_raw.rs`: the same public
+//! items with the same signatures, each a thin wrapper of one kernel function
+//! (`tests/twins.rs` checks it). Policy (access masks, pool flags and tag,
+//! which failures to trace) is in `shell.rs`, shared by both.
 
 use core::ffi::c_void;
 
-use nmr_common::ffi::{HANDLE, NTSTATUS, STATUS_SUCCESS};
+use nmr_common::ffi::{HANDLE, NTSTATUS};
 use wdk_sys::ntddk::{
-    DbgPrintEx, KeDelayExecutionThread, PsCreateSystemThread, PsTerminateSystemThread, ZwClose,
-    ZwWaitForSingleObject,
+    DbgPrintEx, ExAllocatePool2, ExFreePoolWithTag, KeDelayExecutionThread, PsCreateSystemThread,
+    PsTerminateSystemThread, ZwClose, ZwWaitForSingleObject,
 };
 
-// The panic handler: wdk-panic's (it halts the system).
+use super::{DriverUnload, StartRoutine};
+
+// The panic handler: wdk-panic's (it bug-checks with "RPNC"). Like the
+// windows-drivers-rs samples' `#[cfg(not(test))] extern crate wdk_panic;`:
+// this module is never part of a test build (see lib.rs), where std's handler
+// would clash with it (E0152).
 extern crate wdk_panic;
 
-#[global_allocator]
-static ALLOCATOR: wdk_alloc::WdkAllocator = wdk_alloc::WdkAllocator;
+// The flag shell.rs passes to `allocate_pool` is the WDK's.
+const _: () = assert!(super::POOL_FLAG_NON_PAGED == wdk_sys::POOL_FLAG_NON_PAGED);
 
 /// The system's `DRIVER_OBJECT`.
 pub type DriverObject = wdk_sys::DRIVER_OBJECT;
-/// `DRIVER_UNLOAD`.
-pub type DriverUnload = unsafe extern "C" fn(*mut DriverObject);
-/// `KSTART_ROUTINE`.
-pub type StartRoutine = unsafe extern "C" fn(*mut c_void);
-
-/// `THREAD_ALL_ACCESS`: `STANDARD_RIGHTS_REQUIRED | SYNCHRONIZE | 0xFFFF`.
-const THREAD_ALL_ACCESS: u32 = 0x001F_FFFF;
 
 /// `DbgPrintEx(component, level, "%s", line)`.
 ///
@@ -34,72 +36,85 @@ const THREAD_ALL_ACCESS: u32 = 0x001F_FFFF;
 ///
 /// `line` is NUL-terminated.
 pub unsafe fn dbg_print(component: u32, level: u32, line: *const u8) {
-    // SAFETY: "%s" with one NUL-terminated string argument.
+    // SAFETY: "%s" with one NUL-terminated string argument. The count of
+    // characters printed that DbgPrintEx returns is of no use.
     unsafe { DbgPrintEx(component, level, c"%s".as_ptr(), line) };
 }
 
-/// `PsCreateSystemThread` in the system process.
+/// `PsCreateSystemThread` in the system process: null object attributes,
+/// process and client id.
 ///
 /// # Safety
 ///
-/// `context` is valid for as long as the thread uses it.
+/// PASSIVE, in the system process (DriverEntry); `context` is valid for as
+/// long as the thread uses it.
+#[must_use]
 pub unsafe fn create_system_thread(
+    thread: &mut HANDLE,
+    access: u32,
     start: StartRoutine,
     context: *mut c_void,
-) -> Result<HANDLE, NTSTATUS> {
-    let mut thread: HANDLE = core::ptr::null_mut();
-    // SAFETY: null object attributes and process: a thread of the system
-    // process (DriverEntry runs there, so the handle is one of its handles).
-    let status = unsafe {
+) -> NTSTATUS {
+    // SAFETY: see the function's contract; the handle is written on success.
+    unsafe {
         PsCreateSystemThread(
-            &mut thread,
-            THREAD_ALL_ACCESS,
+            thread,
+            access,
             core::ptr::null_mut(),
             core::ptr::null_mut(),
             core::ptr::null_mut(),
             Some(start),
             context,
         )
-    };
-    if status == STATUS_SUCCESS {
-        Ok(thread)
-    } else {
-        Err(status)
     }
 }
 
-/// Waits for the thread to terminate, then closes its handle (PASSIVE).
+/// `ZwWaitForSingleObject(handle, FALSE, NULL)`: waits without a timeout.
 ///
 /// # Safety
 ///
-/// `thread` is a handle from [`create_system_thread`], not closed yet.
-pub unsafe fn wait_and_close(thread: HANDLE) -> NTSTATUS {
-    // SAFETY: a valid thread handle of the system process; no timeout.
-    let status = unsafe { ZwWaitForSingleObject(thread, 0, core::ptr::null_mut()) };
-    // SAFETY: closed once.
-    unsafe { ZwClose(thread) };
-    status
+/// PASSIVE; `handle` is an open handle of the system process.
+#[must_use]
+pub unsafe fn wait_for_object(handle: HANDLE) -> NTSTATUS {
+    // SAFETY: see the function's contract.
+    unsafe { ZwWaitForSingleObject(handle, 0, core::ptr::null_mut()) }
 }
 
-/// `KeDelayExecutionThread` for `ms` milliseconds (PASSIVE).
-pub fn delay_ms(ms: u32) {
-    let mut interval = wdk_sys::LARGE_INTEGER {
-        QuadPart: -(i64::from(ms) * 10_000),
-    };
-    // SAFETY: KernelMode (0), not alertable, a relative interval that lives
-    // across the call.
-    unsafe { KeDelayExecutionThread(0, 0, &mut interval) };
+/// `ZwClose`.
+///
+/// # Safety
+///
+/// PASSIVE; `handle` is an open handle of the system process, closed once.
+#[must_use]
+pub unsafe fn close_handle(handle: HANDLE) -> NTSTATUS {
+    // SAFETY: see the function's contract.
+    unsafe { ZwClose(handle) }
 }
 
-/// `PsTerminateSystemThread(STATUS_SUCCESS)`: ends the calling system thread.
+/// `KeDelayExecutionThread(KernelMode, FALSE, &interval)`; a negative
+/// interval is relative, in 100 ns units.
+///
+/// # Safety
+///
+/// IRQL at most APC_LEVEL.
+#[must_use]
+pub unsafe fn delay_execution(interval: i64) -> NTSTATUS {
+    let mut interval = wdk_sys::LARGE_INTEGER { QuadPart: interval };
+    // SAFETY: KernelMode (0), not alertable, an interval that lives across
+    // the call; the IRQL is the caller's contract.
+    unsafe { KeDelayExecutionThread(0, 0, &mut interval) }
+}
+
+/// `PsTerminateSystemThread(status)`: ends the calling system thread, and
+/// returns only if the caller is not one (`STATUS_INVALID_PARAMETER`).
 ///
 /// # Safety
 ///
 /// Called by a system thread the driver created, holding nothing.
-pub unsafe fn terminate_thread() -> ! {
+#[must_use]
+pub unsafe fn terminate_system_thread(status: NTSTATUS) -> NTSTATUS {
     // SAFETY: see the function's contract.
-    unsafe { PsTerminateSystemThread(STATUS_SUCCESS) };
-    unreachable!("PsTerminateSystemThread returned")
+    unsafe { PsTerminateSystemThread(status) }
 }
 
 /// Sets `DriverObject->DriverUnload`.
@@ -110,4 +125,28 @@ pub unsafe fn terminate_thread() -> ! {
 pub unsafe fn set_unload(driver: *mut DriverObject, unload: DriverUnload) {
     // SAFETY: see the function's contract.
     unsafe { (*driver).DriverUnload = Some(unload) };
+}
+
+/// `ExAllocatePool2(flags, size, tag)`: a zeroed block, 16-aligned on x64,
+/// or null.
+///
+/// # Safety
+///
+/// `size` is not zero; the IRQL suits `flags` (DISPATCH_LEVEL or below for
+/// non-paged pool).
+#[must_use]
+pub unsafe fn allocate_pool(flags: u64, size: usize, tag: u32) -> *mut u8 {
+    // SAFETY: see the function's contract.
+    unsafe { ExAllocatePool2(flags, size as wdk_sys::SIZE_T, tag) }.cast()
+}
+
+/// `ExFreePoolWithTag(block, tag)`.
+///
+/// # Safety
+///
+/// `block` came from [`allocate_pool`] with `tag` and is freed once, at
+/// DISPATCH_LEVEL or below.
+pub unsafe fn free_pool(block: *mut u8, tag: u32) {
+    // SAFETY: see the function's contract.
+    unsafe { ExFreePoolWithTag(block.cast(), tag) };
 }

@@ -1,32 +1,50 @@
 //! The thin Windows kernel shell both drivers share.
 //!
 //! Everything here is Windows-only glue around the portable modules:
-//! `DriverEntry` / `DriverUnload` bodies ([`driver_entry`], [`driver_unload`]),
-//! the worker thread that generates NPI calls, and the `DbgPrintEx` trace
-//! sink. The few kernel functions it needs come from one of two surfaces,
-//! chosen by a Cargo feature, behind the same small facade (`km`):
+//! `DriverEntry` / `DriverUnload` bodies (`driver_entry`, `driver_unload`),
+//! the worker thread that generates NPI calls, the `DbgPrintEx` trace sink and
+//! the global allocator ([`pool`]). The few kernel functions it calls come
+//! from one of two surfaces, chosen by a Cargo feature, behind the same small
+//! facade (`km`), one thin wrapper per kernel function:
 //!
-//! - `wdk`: windows-drivers-rs (`wdk-sys` functions, `WdkAllocator`,
-//!   `wdk-panic`); needs a Windows host with the WDK. The default of the
-//!   driver crates.
+//! - `wdk`: windows-drivers-rs (`wdk-sys` functions, linked through the WDK's
+//!   import libraries, and `wdk-panic`'s panic handler); needs a Windows host
+//!   with the WDK (`cargo make`).
 //! - `raw-kernel`: the same functions declared by hand and imported with
-//!   `raw-dylib` from `ntoskrnl.exe`, plus our own pool allocator, a panic
-//!   handler that bug-checks, and the CRT symbols a driver image needs
-//!   (`_fltused`, `__CxxFrameHandler3`, `__chkstk`). It builds on any host:
-//!   the Linux cross-build in `scripts/build-sys.sh`.
+//!   `raw-dylib` from `ntoskrnl.exe`, a panic handler that bug-checks the way
+//!   wdk-panic does, and the CRT symbols a driver image needs (`_fltused`,
+//!   `__CxxFrameHandler3`, `__chkstk`). It builds on any host: the Linux
+//!   cross-build in `scripts/build-sys.sh`.
 //!
-//! On other targets the crate is empty.
+//! Both surfaces must offer the same items with the same signatures: the
+//! test `tests/twins.rs` compares them. Whatever is not surface-specific
+//! lives in `shell.rs` and [`pool`].
+//!
+//! Without a surface feature, on other targets, and in test builds (a test
+//! harness links std, whose panic handler and allocator would clash with the
+//! kernel's: E0152), only the portable parts are compiled: [`pool`] and the
+//! constants below.
 
 #![no_std]
 
-#[cfg(all(target_os = "windows", any(feature = "wdk", feature = "raw-kernel")))]
+pub mod pool;
+
+#[cfg(all(
+    target_os = "windows",
+    not(test),
+    any(feature = "wdk", feature = "raw-kernel")
+))]
 mod shell;
-#[cfg(all(target_os = "windows", any(feature = "wdk", feature = "raw-kernel")))]
+#[cfg(all(
+    target_os = "windows",
+    not(test),
+    any(feature = "wdk", feature = "raw-kernel")
+))]
 pub use shell::*;
 
 /// `DPFLTR_IHVNETWORK_ID`: the `DbgPrintEx` component of our trace lines.
 pub const DPFLTR_IHVNETWORK_ID: u32 = 80;
 
-/// The pool tag of every allocation the drivers make: `Nmr ` read as bytes
-/// in a debugger (`!poolused 2 Nmr`, Driver Verifier's pool tracking).
+/// The pool tag of every allocation the drivers make, on both kernel surfaces:
+/// `NmrR` in poolmon, `!poolused` and Driver Verifier's pool tracking.
 pub const POOL_TAG: u32 = u32::from_le_bytes(*b"NmrR");

@@ -1,4 +1,7 @@
-//! The shell proper: identical on both kernel surfaces.
+//! The shell proper: identical on both kernel surfaces. `km` is one of the
+//! two twins, `km_wdk.rs` or `km_raw.rs`: a thin wrapper per kernel function.
+//! Everything that is not specific to a surface (access masks, pool flags and
+//! tag, the allocator, what to do with each status) is here.
 
 use core::ffi::c_void;
 use core::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
@@ -6,6 +9,8 @@ use core::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
 use alloc::boxed::Box;
 use nmr_common::ffi::{HANDLE, NTSTATUS, STATUS_SUCCESS, nt_success};
 use nmr_common::trace::{Event, LineBuf, Record};
+
+use crate::pool::{PoolAllocator, RawPool};
 
 #[cfg(feature = "wdk")]
 #[path = "km_wdk.rs"]
@@ -17,6 +22,43 @@ mod km;
 extern crate alloc;
 
 pub use km::DriverObject;
+
+/// `DRIVER_UNLOAD`.
+pub type DriverUnload = unsafe extern "C" fn(*mut DriverObject);
+/// `KSTART_ROUTINE`.
+pub type StartRoutine = unsafe extern "C" fn(*mut c_void);
+
+/// `THREAD_ALL_ACCESS`: `STANDARD_RIGHTS_REQUIRED | SYNCHRONIZE | 0xFFFF`.
+const THREAD_ALL_ACCESS: u32 = 0x001F_FFFF;
+/// `POOL_FLAG_NON_PAGED`: usable at DISPATCH_LEVEL, where cleanups run.
+/// (`km_wdk.rs` checks it against wdk-sys's.)
+const POOL_FLAG_NON_PAGED: u64 = 0x0000_0000_0000_0040;
+
+/// The kernel pool, through the surface's `ExAllocatePool2` and
+/// `ExFreePoolWithTag`.
+struct KernelPool;
+
+// SAFETY: ExAllocatePool2 returns null or a block of at least the size asked,
+// aligned to MEMORY_ALLOCATION_ALIGNMENT (16 on x64), valid until it is freed.
+unsafe impl RawPool for KernelPool {
+    const ALIGNMENT: usize = 16;
+
+    unsafe fn allocate(&self, size: usize, tag: u32) -> *mut u8 {
+        // SAFETY: non-paged pool may be allocated at DISPATCH_LEVEL or below,
+        // the IRQLs the drivers run at; `size` is not zero (the caller's).
+        unsafe { km::allocate_pool(POOL_FLAG_NON_PAGED, size, tag) }
+    }
+
+    unsafe fn free(&self, block: *mut u8, tag: u32) {
+        // SAFETY: a block of `allocate` with `tag`, freed once (the caller's).
+        unsafe { km::free_pool(block, tag) };
+    }
+}
+
+/// Every allocation of the driver: non-paged pool tagged `NmrR`, any
+/// alignment, on either surface.
+#[global_allocator]
+static ALLOCATOR: PoolAllocator<KernelPool> = PoolAllocator::new(KernelPool, crate::POOL_TAG);
 
 /// How often the worker thread runs a round, in milliseconds.
 pub const WORKER_PERIOD_MS: u32 = 10;
@@ -71,10 +113,25 @@ unsafe extern "C" fn worker<M: DriverModule>(context: *mut c_void) {
     let loaded = unsafe { &*context.cast::<Loaded<M>>() };
     while !loaded.stop.load(Ordering::Acquire) {
         loaded.module.work();
-        km::delay_ms(WORKER_PERIOD_MS);
+        delay_ms(WORKER_PERIOD_MS);
     }
-    // SAFETY: a system thread ends itself with PsTerminateSystemThread.
-    unsafe { km::terminate_thread() }
+    // SAFETY: a system thread the driver created, holding nothing, ends itself.
+    let status = unsafe { km::terminate_system_thread(STATUS_SUCCESS) };
+    unreachable!("PsTerminateSystemThread returned {status:#x}: not a system thread");
+}
+
+/// Sleeps `ms` milliseconds (PASSIVE).
+fn delay_ms(ms: u32) {
+    let relative_100ns = -(i64::from(ms) * 10_000);
+    // SAFETY: the worker thread runs at PASSIVE.
+    let status = unsafe { km::delay_execution(relative_100ns) };
+    // A non-alertable kernel-mode wait can end only when the interval has
+    // passed: STATUS_ALERTED and STATUS_USER_APC need an alertable wait, and
+    // a relative interval cannot be invalid. Nothing to handle.
+    debug_assert!(
+        status == STATUS_SUCCESS,
+        "KeDelayExecutionThread: {status:#x}"
+    );
 }
 
 /// The body of `DriverEntry`: points the trace at `DbgPrintEx`, loads the
@@ -88,7 +145,7 @@ unsafe extern "C" fn worker<M: DriverModule>(context: *mut c_void) {
 pub unsafe fn driver_entry<M: DriverModule>(
     driver: *mut DriverObject,
     slot: &AtomicPtr<c_void>,
-    unload: km::DriverUnload,
+    unload: DriverUnload,
 ) -> NTSTATUS {
     nmr_common::trace::set_sink(dbg_print_sink);
     trace(M::NAME, Event::DriverEntry, STATUS_SUCCESS);
@@ -105,21 +162,23 @@ pub unsafe fn driver_entry<M: DriverModule>(
         return nmr_common::ffi::STATUS_INSUFFICIENT_RESOURCES;
     };
     let loaded = Box::into_raw(loaded);
-    // SAFETY: `worker::<M>` matches KSTART_ROUTINE and `loaded` outlives the thread.
-    match unsafe { km::create_system_thread(worker::<M>, loaded.cast()) } {
-        Ok(thread) => {
-            // SAFETY: the worker only reads `stop` and `module`; `thread` is
-            // written before anything else reads it (driver_unload).
-            unsafe { (*loaded).thread = thread };
-        }
-        Err(status) => {
-            // SAFETY: no thread was started: `loaded` is ours alone.
-            let loaded = unsafe { Box::from_raw(loaded) };
-            loaded.module.unload();
-            drop(loaded);
-            return status;
-        }
+    let mut thread: HANDLE = core::ptr::null_mut();
+    // SAFETY: PASSIVE in DriverEntry (the system process); `worker::<M>`
+    // matches KSTART_ROUTINE and `loaded` outlives the thread (driver_unload
+    // waits for it).
+    let status = unsafe {
+        km::create_system_thread(&mut thread, THREAD_ALL_ACCESS, worker::<M>, loaded.cast())
+    };
+    if !nt_success(status) {
+        // SAFETY: no thread was started: `loaded` is ours alone.
+        let loaded = unsafe { Box::from_raw(loaded) };
+        loaded.module.unload();
+        drop(loaded);
+        return status;
     }
+    // SAFETY: the worker only reads `stop` and `module`; `thread` is written
+    // before anything else reads it (driver_unload).
+    unsafe { (*loaded).thread = thread };
     slot.store(loaded.cast(), Ordering::Release);
     // SAFETY: `driver` is the system's driver object for this image.
     unsafe { km::set_unload(driver, unload) };
@@ -145,9 +204,16 @@ pub unsafe fn driver_unload<M: DriverModule>(slot: &AtomicPtr<c_void>) {
     let status = unsafe { &*loaded }.module.unload();
     // SAFETY: as above; the worker reads `stop` with Acquire.
     unsafe { &*loaded }.stop.store(true, Ordering::Release);
-    // SAFETY: the thread handle from `create_system_thread`, waited on and
-    // closed exactly once.
-    let waited = unsafe { km::wait_and_close((*loaded).thread) };
+    // SAFETY: PASSIVE; the thread handle from `create_system_thread`, open.
+    let thread = unsafe { (*loaded).thread };
+    // SAFETY: as above.
+    let waited = unsafe { km::wait_for_object(thread) };
+    // SAFETY: as above, closed exactly once (closing does not stop the thread).
+    let closed = unsafe { km::close_handle(thread) };
+    if !nt_success(closed) {
+        // The handle leaks; the thread is not affected.
+        trace(M::NAME, Event::Unload, closed);
+    }
     if !nt_success(waited) {
         trace(M::NAME, Event::Unload, waited);
         return; // The thread may still run: leak rather than free under it.

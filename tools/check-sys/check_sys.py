@@ -65,6 +65,14 @@ NETIO_REQUIRED = {
     },
 }
 
+# The first Windows 10 build that exports each kernel function newer than
+# Windows 10 1507 (build 10240); every other allowed import is older. The
+# INF's install sections must not offer the package to an older build
+# (inf/*.inx, TargetOSVersion decoration NTamd64.10.0...<build>).
+NTOSKRNL_FIRST_BUILD = {
+    "ExAllocatePool2": 19041,  # Windows 10 2004 (NTDDI_WIN10_VB), wdm.h
+}
+
 NTOSKRNL = "ntoskrnl.exe"
 NETIO = "NETIO.SYS"
 
@@ -296,12 +304,50 @@ def check_file(path: str, readobj_bin: str) -> bool:
     ]
     r.check(pdbs == [f"{stem}.pdb"], "CodeView debug entry names the .pdb", fmt(pdbs))
 
+    check_inf(r, os.path.splitext(path)[0] + ".inf", kernel)
+
     total = r.passed + r.failed
     if r.failed:
         print(f"{base}: FAILED ({r.failed} of {total} checks failed)")
     else:
         print(f"{base}: OK (all {total} checks passed)")
     return r.failed == 0
+
+
+SECTION = re.compile(r"^\s*\[(?P<name>[^\]]+)\]")
+INSTALL = re.compile(r"^DefaultInstall\.NTamd64\.10\.0\.\.\.(?P<build>\d+)(\.Services)?$", re.I)
+
+
+def check_inf(r: "Report", inf: str, kernel: set[str]) -> None:
+    """The stamped INF beside the image (build-sys.sh writes it): a primitive
+    driver with no uninstall section (infverif /w), offered only to the Windows
+    builds that export every kernel function the image imports."""
+    name = os.path.basename(inf)
+    if not os.path.isfile(inf):
+        r.check(False, "INF beside the image", f"{inf}: no such file")
+        return
+    with open(inf, encoding="utf-8", errors="replace") as f:
+        lines = [line.split(";", 1)[0] for line in f]
+    sections = [m["name"].strip() for line in lines if (m := SECTION.match(line))]
+    uninstall = [s for s in sections if s.lower().startswith("defaultuninstall")]
+    delservice = [line.strip() for line in lines if re.match(r"^\s*DelService\s*=", line, re.I)]
+    r.check(
+        not uninstall and not delservice,
+        f"{name}: no [DefaultUninstall], no DelService (primitive driver, infverif /w)",
+        fmt(uninstall + delservice),
+    )
+    install = [s for s in sections if s.lower().startswith("defaultinstall")]
+    builds = {s: INSTALL.match(s) for s in install}
+    undecorated = [s for s, m in builds.items() if not m]
+    needed = {i: NTOSKRNL_FIRST_BUILD[i] for i in kernel if i in NTOSKRNL_FIRST_BUILD}
+    need = max(needed.values(), default=10240)
+    lowest = min((int(m["build"]) for m in builds.values() if m), default=0)
+    r.check(
+        bool(install) and not undecorated and lowest >= need,
+        f"{name}: every [DefaultInstall] needs Windows 10 build >= the imports' {need}",
+        f"undecorated: {fmt(undecorated)}" if undecorated or not install
+        else f"lowest NTamd64.10.0...{lowest}, needed {need} ({fmt(set(needed)) or 'no import newer than 10240'})",
+    )
 
 
 def main(argv: list[str]) -> int:

@@ -25,10 +25,19 @@ pub(crate) fn processor_count(forced: Option<u32>) -> u32 {
 /// The processor the calling thread runs on, below [`processor_count`].
 #[inline]
 pub(crate) fn current_processor(forced: Option<u32>) -> u32 {
-    match forced {
-        Some(n) => thread_index() % n.max(1),
-        None => host_current() % host_count(),
-    }
+    let (index, count) = match forced {
+        Some(n) => (thread_index(), n.max(1)),
+        None => (host_current(), host_count()),
+    };
+    below(index, count)
+}
+
+/// `index` brought below `count`. The division runs only when the index is
+/// out of range (a cpuset whose processor numbers exceed its size, or more
+/// threads than forced slots): on the call path it is one compare.
+#[inline]
+fn below(index: u32, count: u32) -> u32 {
+    if index < count { index } else { index % count }
 }
 
 /// Under Miri, two (with per-thread indices): it cannot read the host's

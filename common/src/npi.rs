@@ -127,7 +127,9 @@ pub struct ProviderDispatch {
 /// `notify(client_binding, event, value)`, any IRQL <= DISPATCH, never blocks.
 pub type NotifyFn = unsafe extern "system" fn(client_binding: *mut c_void, event: u32, value: u64);
 
-/// `notify` event: `value` is the provider's count of checksum calls served.
+/// `notify` event: `value` is the count of checksum calls the provider served
+/// on the notifying processor. Each processor keeps its own count, so that a
+/// notification never reads a cache line another processor is writing.
 pub const EVENT_CALL_COUNT: u32 = 1;
 
 /// The client's dispatch table, called by providers.

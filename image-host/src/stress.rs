@@ -159,8 +159,12 @@ impl ImageReport {
                 self.calls_into_provider, self.calls_into_client
             ));
         }
+        // Coverage, not correctness: whether a detach lands while a held
+        // call is in flight is up to the scheduler. Over 1,000 cycles it
+        // happens many times (3,000 cycles see 100-250 PENDING per side); a
+        // shorter run may by chance see none, so it is not asked to.
         if config.latency_us != 0
-            && self.cycles >= 200
+            && self.cycles >= 1_000
             && n.client_detach_pending + n.provider_detach_pending == 0
         {
             f.push("no detach returned PENDING although calls were held in flight".into());

@@ -8,9 +8,10 @@
 use core::cell::UnsafeCell;
 use core::ffi::c_void;
 use core::ptr::{self, NonNull};
-use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use core::sync::atomic::Ordering::Relaxed;
 
 use nmr_common::binding::{Binding, BindingSet, detach_callback};
+use nmr_common::counters::PerProcessorCounters;
 use nmr_common::ffi::*;
 use nmr_common::module::{ModuleBox, ModuleCore, Unload};
 use nmr_common::nmr::Nmr;
@@ -80,8 +81,6 @@ pub struct BindingData<N: Nmr> {
     module: *const ClientModule<N>,
     /// The NPI version agreed with this provider.
     pub version: u16,
-    /// `notify` calls received on this binding.
-    pub notifications: AtomicU64,
 }
 
 // SAFETY: `module` points to the module, which is `Sync` and outlives every
@@ -98,7 +97,8 @@ pub struct ClientModule<N: Nmr> {
     // Filled in `load` once the module has its final address; read by the NMR.
     characteristics: UnsafeCell<NPI_CLIENT_CHARACTERISTICS>,
     bindings: BindingSet<N, ProviderDispatch, BindingData<N>>,
-    stats: ClientStats,
+    // One set per processor: the call path bumps only its own line.
+    stats: PerProcessorCounters<ClientStats>,
 }
 
 // SAFETY: `characteristics` is written once in `load` before the module is
@@ -117,6 +117,8 @@ impl<N: Nmr> ClientModule<N> {
         // One reader lock per processor: sized by the NMR, allocated fallibly.
         let bindings =
             BindingSet::try_new(nmr.clone()).map_err(|_| STATUS_INSUFFICIENT_RESOURCES)?;
+        let stats = PerProcessorCounters::try_new(nmr.processor_count())
+            .map_err(|_| STATUS_INSUFFICIENT_RESOURCES)?;
         let module = ClientModule {
             core: ModuleCore::new(nmr, config.name, config.module_id, config.versions),
             config,
@@ -136,7 +138,7 @@ impl<N: Nmr> ClientModule<N> {
                 ClientRegistrationInstance: ModuleCore::<N>::unplaced_instance(),
             }),
             bindings,
-            stats: ClientStats::default(),
+            stats,
         };
         let client = ModuleBox::new(module).map_err(|_| STATUS_INSUFFICIENT_RESOURCES)?;
         let this = client.as_ptr();
@@ -169,11 +171,20 @@ impl<N: Nmr> ClientModule<N> {
         self.core.name()
     }
 
+    /// The counters of the processor this runs on.
+    #[inline(always)]
+    fn counters(&self) -> &ClientStats {
+        self.stats.on(self.core.nmr().current_processor())
+    }
+
     /// One round of the worker: `checksum(payload)` through every active
     /// binding, each answer checked against our own computation. Returns how
     /// many calls were verified.
     pub fn call_round(&self, payload: &[u8]) -> u64 {
         let expected = internet_checksum(payload);
+        // This processor's counters, chosen once a round: a thread that
+        // migrates mid-round shares a line for a while, and loses no count.
+        let counters = self.counters();
         let mut verified = 0;
         let refused = self.bindings.for_each_call(|provider| {
             let mut answer = 0u16;
@@ -188,11 +199,11 @@ impl<N: Nmr> ClientModule<N> {
                     &mut answer,
                 )
             };
-            self.stats.calls.fetch_add(1, Relaxed);
+            counters.calls.fetch_add(1, Relaxed);
             if status == STATUS_SUCCESS && answer == expected {
                 verified += 1;
             } else {
-                self.stats.mismatched.fetch_add(1, Relaxed);
+                counters.mismatched.fetch_add(1, Relaxed);
                 self.core.trace(
                     Event::PeerFault,
                     Some(provider.binding().id()),
@@ -203,8 +214,12 @@ impl<N: Nmr> ClientModule<N> {
                 );
             }
         });
-        self.stats.verified.fetch_add(verified, Relaxed);
-        self.stats.refused.fetch_add(refused as u64, Relaxed);
+        if verified != 0 {
+            counters.verified.fetch_add(verified, Relaxed);
+        }
+        if refused != 0 {
+            counters.refused.fetch_add(refused as u64, Relaxed);
+        }
         verified
     }
 
@@ -239,7 +254,7 @@ unsafe extern "system" fn attach_provider<N: Nmr>(
     // SAFETY: the NMR passes back the context we registered: the module, which
     // outlives its registration.
     let module = unsafe { &*context.cast::<ClientModule<N>>() };
-    module.stats.offered.fetch_add(1, Relaxed);
+    module.counters().offered.fetch_add(1, Relaxed);
     // Traces name this binding by its NMR handle until the context exists.
     module.core.trace(
         Event::AttachOffered,
@@ -253,22 +268,21 @@ unsafe extern "system" fn attach_provider<N: Nmr>(
     let version = match unsafe { module.core.check_peer(provider) } {
         Ok(v) => v,
         Err(why) => {
-            return module
-                .core
-                .decline(&module.stats.declined, handle, STATUS_NOINTERFACE, &why);
+            return module.core.decline(
+                &module.counters().declined,
+                handle,
+                STATUS_NOINTERFACE,
+                &why,
+            );
         }
     };
 
-    let data = BindingData {
-        module,
-        version,
-        notifications: AtomicU64::new(0),
-    };
+    let data = BindingData { module, version };
     let Ok(binding) =
         ProviderBinding::for_client(module.core.nmr().clone(), module.core.name(), handle, data)
     else {
         return module.core.decline(
-            &module.stats.declined,
+            &module.counters().declined,
             handle,
             STATUS_INSUFFICIENT_RESOURCES,
             &"no memory for the binding",
@@ -279,7 +293,7 @@ unsafe extern "system" fn attach_provider<N: Nmr>(
     let Ok(place) = module.bindings.reserve() else {
         drop(binding);
         return module.core.decline(
-            &module.stats.declined,
+            &module.counters().declined,
             handle,
             STATUS_INSUFFICIENT_RESOURCES,
             &"no memory to list the binding",
@@ -306,7 +320,7 @@ unsafe extern "system" fn attach_provider<N: Nmr>(
         // declined, so nobody else has it.
         drop(unsafe { Box::from_raw(binding) });
         return module.core.decline(
-            &module.stats.declined,
+            &module.counters().declined,
             handle,
             status,
             &"the provider declined",
@@ -333,7 +347,7 @@ unsafe extern "system" fn attach_provider<N: Nmr>(
     // SAFETY: `binding` (from `Box::into_raw`, so non-null) stays valid
     // until cleanup, which unlinks it first.
     unsafe { place.link(NonNull::new_unchecked(binding)) };
-    module.stats.attached.fetch_add(1, Relaxed);
+    module.counters().attached.fetch_add(1, Relaxed);
     module.core.trace(
         Event::AttachAccepted,
         Some(id),
@@ -355,7 +369,7 @@ unsafe extern "system" fn cleanup_binding<N: Nmr>(context: *mut c_void) {
     // SAFETY: live until `destroy` below; the module outlives its bindings.
     let module = unsafe { &*binding.as_ref().data.module };
     module.bindings.remove(binding);
-    module.stats.cleaned_up.fetch_add(1, Relaxed);
+    module.counters().cleaned_up.fetch_add(1, Relaxed);
     // SAFETY: both sides completed, and it is unlinked: nothing refers to it.
     unsafe { ProviderBinding::destroy(binding) };
 }
@@ -375,8 +389,7 @@ unsafe extern "system" fn notify<N: Nmr>(context: *mut c_void, event: u32, value
     // SAFETY: the module outlives its bindings.
     let module = unsafe { &*binding.data.module };
     module.core.nmr().incoming_call(binding.handle());
-    binding.data.notifications.fetch_add(1, Relaxed);
-    module.stats.notifications.fetch_add(1, Relaxed);
+    module.counters().notifications.fetch_add(1, Relaxed);
     let _ = (event, value);
     if module.config.notify_delay_us != 0 {
         module.core.nmr().delay(module.config.notify_delay_us);

@@ -12,6 +12,7 @@ use core::ptr::NonNull;
 use core::sync::atomic::Ordering::Relaxed;
 
 use nmr_common::binding::{Binding, BindingSet, detach_callback};
+use nmr_common::counters::PerProcessorCounters;
 use nmr_common::ffi::*;
 use nmr_common::module::{ModuleBox, ModuleCore, Unload};
 use nmr_common::nmr::Nmr;
@@ -93,7 +94,8 @@ pub struct ProviderModule<N: Nmr> {
     // Filled in `load` once the module has its final address; read by the NMR.
     characteristics: UnsafeCell<NPI_PROVIDER_CHARACTERISTICS>,
     bindings: BindingSet<N, ClientDispatch, BindingData<N>>,
-    stats: ProviderStats,
+    // One set per processor: the call path bumps only its own line.
+    stats: PerProcessorCounters<ProviderStats>,
 }
 
 // SAFETY: `characteristics` is written once in `load` before the module is
@@ -112,6 +114,8 @@ impl<N: Nmr> ProviderModule<N> {
         // One reader lock per processor: sized by the NMR, allocated fallibly.
         let bindings =
             BindingSet::try_new(nmr.clone()).map_err(|_| STATUS_INSUFFICIENT_RESOURCES)?;
+        let stats = PerProcessorCounters::try_new(nmr.processor_count())
+            .map_err(|_| STATUS_INSUFFICIENT_RESOURCES)?;
         let module = ProviderModule {
             core: ModuleCore::new(nmr, config.name, config.module_id, config.versions),
             config,
@@ -132,7 +136,7 @@ impl<N: Nmr> ProviderModule<N> {
                 ProviderRegistrationInstance: ModuleCore::<N>::unplaced_instance(),
             }),
             bindings,
-            stats: ProviderStats::default(),
+            stats,
         };
         let provider = ModuleBox::new(module).map_err(|_| STATUS_INSUFFICIENT_RESOURCES)?;
         let this = provider.as_ptr();
@@ -166,10 +170,18 @@ impl<N: Nmr> ProviderModule<N> {
         self.core.name()
     }
 
+    /// The counters of the processor this runs on.
+    #[inline(always)]
+    fn counters(&self) -> &ProviderStats {
+        self.stats.on(self.core.nmr().current_processor())
+    }
+
     /// One round of the notifier: `notify(EVENT_CALL_COUNT, served)` to every
     /// active client. Returns how many clients were notified.
     pub fn notify_round(&self) -> u64 {
-        let served = self.stats.served.load(Relaxed);
+        let counters = self.counters();
+        // The value sent: this processor's count (see `EVENT_CALL_COUNT`).
+        let served = counters.served.load(Relaxed);
         let mut notified = 0;
         let refused = self.bindings.for_each_call(|client| {
             // SAFETY: the dispatch table passed `check_dispatch` and stays
@@ -177,8 +189,12 @@ impl<N: Nmr> ProviderModule<N> {
             unsafe { (client.dispatch().notify)(client.context(), EVENT_CALL_COUNT, served) };
             notified += 1;
         });
-        self.stats.notifications.fetch_add(notified, Relaxed);
-        self.stats.refused.fetch_add(refused as u64, Relaxed);
+        if notified != 0 {
+            counters.notifications.fetch_add(notified, Relaxed);
+        }
+        if refused != 0 {
+            counters.refused.fetch_add(refused as u64, Relaxed);
+        }
         notified
     }
 
@@ -218,7 +234,7 @@ unsafe extern "system" fn attach_client<N: Nmr>(
     // SAFETY: the NMR passes back the context we registered: the module, which
     // outlives its registration.
     let module = unsafe { &*context.cast::<ProviderModule<N>>() };
-    module.stats.offered.fetch_add(1, Relaxed);
+    module.counters().offered.fetch_add(1, Relaxed);
     module.core.trace(
         Event::AttachOffered,
         None,
@@ -231,9 +247,12 @@ unsafe extern "system" fn attach_client<N: Nmr>(
     let version = match unsafe { module.core.check_peer(client) } {
         Ok(v) => v,
         Err(why) => {
-            return module
-                .core
-                .decline(&module.stats.declined, handle, STATUS_NOINTERFACE, &why);
+            return module.core.decline(
+                &module.counters().declined,
+                handle,
+                STATUS_NOINTERFACE,
+                &why,
+            );
         }
     };
     // SAFETY: the client's dispatch table (or null), valid until cleanup; the
@@ -241,9 +260,12 @@ unsafe extern "system" fn attach_client<N: Nmr>(
     let table = match unsafe { check_dispatch::<ClientDispatch>(client_dispatch, version) } {
         Ok(table) => table,
         Err(why) => {
-            return module
-                .core
-                .decline(&module.stats.declined, handle, STATUS_NOINTERFACE, &why);
+            return module.core.decline(
+                &module.counters().declined,
+                handle,
+                STATUS_NOINTERFACE,
+                &why,
+            );
         }
     };
 
@@ -252,7 +274,7 @@ unsafe extern "system" fn attach_client<N: Nmr>(
         ClientBinding::for_provider(module.core.nmr().clone(), module.core.name(), handle, data)
     else {
         return module.core.decline(
-            &module.stats.declined,
+            &module.counters().declined,
             handle,
             STATUS_INSUFFICIENT_RESOURCES,
             &"no memory for the binding",
@@ -265,7 +287,7 @@ unsafe extern "system" fn attach_client<N: Nmr>(
         // SAFETY: not linked, not handed out: ours to free.
         drop(unsafe { Box::from_raw(binding.as_ptr()) });
         return module.core.decline(
-            &module.stats.declined,
+            &module.counters().declined,
             handle,
             STATUS_INSUFFICIENT_RESOURCES,
             &"no memory to list the binding",
@@ -277,7 +299,7 @@ unsafe extern "system" fn attach_client<N: Nmr>(
         provider_context.write(binding.as_ptr().cast());
         provider_dispatch.write((&raw const module.dispatch).cast());
     }
-    module.stats.attached.fetch_add(1, Relaxed);
+    module.counters().attached.fetch_add(1, Relaxed);
     // SAFETY: linked and live; the id is only its address.
     let id = unsafe { binding.as_ref() }.id();
     module.core.trace(
@@ -301,7 +323,7 @@ unsafe extern "system" fn cleanup_binding<N: Nmr>(context: *mut c_void) {
     // SAFETY: live until `destroy` below; the module outlives its bindings.
     let module = unsafe { &*binding.as_ref().data.module };
     module.bindings.remove(binding);
-    module.stats.cleaned_up.fetch_add(1, Relaxed);
+    module.counters().cleaned_up.fetch_add(1, Relaxed);
     // SAFETY: both sides completed, and it is unlinked: nothing refers to it.
     unsafe { ClientBinding::destroy(binding) };
 }
@@ -354,7 +376,7 @@ unsafe extern "system" fn get_info<N: Nmr>(
     };
     // SAFETY: the caller declared at least `size_of::<ProviderInfo>()` bytes.
     unsafe { info.write_unaligned(answer) };
-    module.stats.served.fetch_add(1, Relaxed);
+    module.counters().served.fetch_add(1, Relaxed);
     STATUS_SUCCESS
 }
 
@@ -389,6 +411,6 @@ unsafe extern "system" fn checksum<N: Nmr>(
     let sum = internet_checksum(bytes);
     // SAFETY: non-null and writable per the NPI contract.
     unsafe { out.write_unaligned(sum) };
-    module.stats.served.fetch_add(1, Relaxed);
+    module.counters().served.fetch_add(1, Relaxed);
     STATUS_SUCCESS
 }

@@ -6,7 +6,7 @@
 use crate::binding::OutOfMemory;
 use crate::percpu::PerProcessor;
 
-/// A set of counters declared with [`counters!`](crate::counters), as
+/// A set of counters declared with [`counters!`](crate::counters!), as
 /// [`PerProcessorCounters`] sums them.
 pub trait Counters: Default {
     /// The plain numbers.

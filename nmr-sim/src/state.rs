@@ -67,6 +67,85 @@ pub struct Stats {
     pub violations: u64,
 }
 
+impl Stats {
+    /// Adds `other` (another model instance's counters) to `self`, counter
+    /// by counter: the totals of a run over many instances.
+    pub fn add(&mut self, other: &Stats) {
+        self.registrations += other.registrations;
+        self.deregistrations += other.deregistrations;
+        self.attach_offers += other.attach_offers;
+        self.attaches += other.attaches;
+        self.attach_declines += other.attach_declines;
+        self.bindings_made += other.bindings_made;
+        self.client_detach_success += other.client_detach_success;
+        self.client_detach_pending += other.client_detach_pending;
+        self.provider_detach_success += other.provider_detach_success;
+        self.provider_detach_pending += other.provider_detach_pending;
+        self.client_completes += other.client_completes;
+        self.provider_completes += other.provider_completes;
+        self.client_cleanups += other.client_cleanups;
+        self.provider_cleanups += other.provider_cleanups;
+        self.bindings_cleaned_up += other.bindings_cleaned_up;
+        self.waits += other.waits;
+        self.incoming_calls += other.incoming_calls;
+        self.violations += other.violations;
+    }
+
+    /// The detach rows of a run's summary table: each side's SUCCESS and
+    /// PENDING answers, its completions and its cleanups.
+    pub fn detach_rows(&self) -> [(&'static str, String); 4] {
+        [
+            (
+                "client detach SUCCESS / PENDING",
+                format!(
+                    "{} / {}",
+                    self.client_detach_success, self.client_detach_pending
+                ),
+            ),
+            (
+                "provider detach SUCCESS / PENDING",
+                format!(
+                    "{} / {}",
+                    self.provider_detach_success, self.provider_detach_pending
+                ),
+            ),
+            (
+                "completions client / provider",
+                format!("{} / {}", self.client_completes, self.provider_completes),
+            ),
+            (
+                "cleanups client / provider",
+                format!("{} / {}", self.client_cleanups, self.provider_cleanups),
+            ),
+        ]
+    }
+
+    /// Where the detach books of a finished run (every module unloaded) do
+    /// not balance against the `bindings` it made: every PENDING completed
+    /// exactly once, every binding detached once per side and cleaned up once
+    /// per side. Empty when they balance.
+    pub fn detach_imbalances(&self, bindings: u64) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.client_completes != self.client_detach_pending
+            || self.provider_completes != self.provider_detach_pending
+        {
+            problems.push("a PENDING detach was not completed exactly once".into());
+        }
+        if self.client_cleanups != bindings || self.provider_cleanups != bindings {
+            problems.push(format!(
+                "cleanups ({} client, {} provider) do not match bindings made ({bindings})",
+                self.client_cleanups, self.provider_cleanups
+            ));
+        }
+        if self.client_detach_success + self.client_detach_pending != bindings
+            || self.provider_detach_success + self.provider_detach_pending != bindings
+        {
+            problems.push("a binding was not detached exactly once per side".into());
+        }
+        problems
+    }
+}
+
 /// A live binding, as [`crate::Sim::bindings`] describes it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BindingInfo {

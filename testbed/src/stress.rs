@@ -123,29 +123,14 @@ impl Report {
                 self.client.calls
             ));
         }
-        if n.client_completes != n.client_detach_pending
-            || n.provider_completes != n.provider_detach_pending
-        {
-            f.push("a PENDING detach was not completed exactly once".into());
-        }
-        if n.client_cleanups != n.attaches || n.provider_cleanups != n.attaches {
-            f.push(format!(
-                "cleanups ({} client, {} provider) do not match bindings made ({})",
-                n.client_cleanups, n.provider_cleanups, n.attaches
-            ));
-        }
-        if n.client_detach_success + n.client_detach_pending != n.attaches
-            || n.provider_detach_success + n.provider_detach_pending != n.attaches
-        {
-            f.push("a binding was not detached exactly once per side".into());
-        }
+        f.extend(n.detach_imbalances(n.attaches));
         f
     }
 
     /// The summary table.
     pub fn table(&self) -> String {
         let n = &self.nmr;
-        let rows: Vec<(&str, String)> = vec![
+        let mut rows: Vec<(&str, String)> = vec![
             (
                 "cycles (load or unload)",
                 format!("{} in {} model instances", self.cycles, self.phases),
@@ -165,25 +150,9 @@ impl Report {
                     n.attach_declines, self.client.declined, self.provider.declined
                 ),
             ),
-            (
-                "client detach SUCCESS / PENDING",
-                format!("{} / {}", n.client_detach_success, n.client_detach_pending),
-            ),
-            (
-                "provider detach SUCCESS / PENDING",
-                format!(
-                    "{} / {}",
-                    n.provider_detach_success, n.provider_detach_pending
-                ),
-            ),
-            (
-                "completions client / provider",
-                format!("{} / {}", n.client_completes, n.provider_completes),
-            ),
-            (
-                "cleanups client / provider",
-                format!("{} / {}", n.client_cleanups, n.provider_cleanups),
-            ),
+        ];
+        rows.extend(n.detach_rows());
+        rows.extend([
             (
                 "checksum calls made / verified",
                 format!("{} / {}", self.client.calls, self.client.verified),
@@ -215,7 +184,7 @@ impl Report {
                 format!("{:.1} ms", self.longest_unload.as_secs_f64() * 1e3),
             ),
             ("elapsed", format!("{:.1} s", self.elapsed.as_secs_f64())),
-        ];
+        ]);
         let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
         let mut out = String::new();
         for (k, v) in rows {
@@ -449,7 +418,7 @@ fn run_phase(
     report
         .violations
         .extend(sim.violations().iter().map(|v| v.to_string()));
-    add_nmr(&mut report.nmr, &sim.stats());
+    report.nmr.add(&sim.stats());
     if config.trace {
         report.trace.extend(
             sim.events()
@@ -499,20 +468,4 @@ fn worker(slots: &[Slot], stop: &AtomicBool, seed: u64) {
             }
         }
     }
-}
-
-fn add_nmr(sum: &mut nmr_sim::Stats, k: &nmr_sim::Stats) {
-    sum.registrations += k.registrations;
-    sum.deregistrations += k.deregistrations;
-    sum.attaches += k.attaches;
-    sum.attach_declines += k.attach_declines;
-    sum.client_detach_success += k.client_detach_success;
-    sum.client_detach_pending += k.client_detach_pending;
-    sum.provider_detach_success += k.provider_detach_success;
-    sum.provider_detach_pending += k.provider_detach_pending;
-    sum.client_completes += k.client_completes;
-    sum.provider_completes += k.provider_completes;
-    sum.client_cleanups += k.client_cleanups;
-    sum.provider_cleanups += k.provider_cleanups;
-    sum.waits += k.waits;
 }

@@ -168,8 +168,14 @@ impl Driver {
             buffer: self.registry_path.as_ptr(),
         };
         // SAFETY: a valid DRIVER_OBJECT and registry path, alive across the
-        // call; the image stays mapped.
-        let status = unsafe { entry(&mut *self.object, &path) };
+        // call; the image stays mapped. On a kernel stack of its own.
+        let status = unsafe {
+            crate::stack::call_image(
+                entry as usize,
+                &raw mut *self.object as usize,
+                &raw const path as usize,
+            )
+        } as NTSTATUS;
         let changed: Vec<usize> = (0..DRIVER_OBJECT_SIZE)
             .step_by(8)
             .filter(|&o| before[o..o + 8] != self.object.0[o..o + 8])
@@ -232,8 +238,9 @@ impl Driver {
         type DriverUnload = unsafe extern "win64" fn(*mut DriverObject);
         // SAFETY: the routine DriverEntry stored, in the still-mapped image.
         let unload = unsafe { std::mem::transmute::<usize, DriverUnload>(unload) };
-        // SAFETY: the driver's own object; called once, at PASSIVE.
-        unsafe { unload(&mut *self.object) };
+        // SAFETY: the driver's own object; called once, at PASSIVE, on a
+        // kernel stack of its own.
+        unsafe { crate::stack::call_image(unload as usize, &raw mut *self.object as usize, 0) };
         self.state = State::Stopped;
         self.check_nothing_left("DriverUnload returned", Kind::PoolLeak);
         true

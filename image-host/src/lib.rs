@@ -47,6 +47,8 @@ pub mod problems;
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 mod registry;
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+pub mod rules;
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 mod stack;
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 pub mod stress;

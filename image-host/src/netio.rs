@@ -1,11 +1,15 @@
 //! `NETIO.SYS` stand-ins: the nine NMR functions, bound to the model
 //! ([`crate::model`]), so every rule `nmr-sim` polices applies to the shipped
 //! binary. The images' callbacks are registered as Windows x64 functions
-//! (`register_*_win64`); the model then calls them directly. The model runs
-//! on the host stack ([`crate::stack::on_host_stack`]): it stands in for
-//! `netio.sys`, whose stack use is not the driver's.
+//! (`register_*_win64`), each through an entry thunk
+//! ([`crate::stack::entry_thunk`]) so that the model's call runs on a kernel
+//! stack; the model gets a copy of the characteristics holding the thunks,
+//! kept until the image is unmapped. The model runs on the host stack
+//! ([`crate::stack::on_host_stack`]): it stands in for `netio.sys`, whose
+//! frames are charged as [`crate::stack::NETIO_FRAME_BUDGET`].
 
 use std::ffi::c_void;
+use std::sync::Mutex;
 
 use nmr_common::ffi::*;
 use nmr_common::nmr::Nmr;
@@ -29,6 +33,44 @@ fn model(call: &str, image: &str) -> Option<Sim> {
     sim
 }
 
+/// The copies of characteristics the model holds, with the image base of
+/// their callbacks (dropped when that image is unmapped).
+#[allow(dead_code)] // held for the model, never read here
+enum Copy {
+    Client(Box<NPI_CLIENT_CHARACTERISTICS>),
+    Provider(Box<NPI_PROVIDER_CHARACTERISTICS>),
+}
+// SAFETY: the copies are plain data the model reads; their pointers lead
+// into the image (ids, GUIDs), which is immutable while registered.
+unsafe impl Send for Copy {}
+static COPIES: Mutex<Vec<(usize, Copy)>> = Mutex::new(Vec::new());
+
+/// Drops the copies whose callbacks are in the image mapped at `base`.
+pub(crate) fn forget_image(base: usize) {
+    COPIES
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .retain(|(b, _)| *b != base);
+}
+
+/// The entry thunk for a callback in an image (itself otherwise).
+fn thunked<F: std::marker::Copy>(f: Option<F>) -> Option<F> {
+    let f = f?;
+    // SAFETY: F is a function pointer type (the callback's), pointer-sized.
+    let addr = unsafe { std::mem::transmute_copy::<F, usize>(&f) };
+    if crate::registry::image_at(addr).is_none() {
+        return Some(f);
+    }
+    let thunk = crate::stack::entry_thunk(addr)?;
+    // SAFETY: the thunk takes and returns what the callback does.
+    Some(unsafe { std::mem::transmute_copy::<usize, F>(&thunk) })
+}
+
+/// The base of the image holding the first callback, or 0.
+fn callback_image(f: Option<usize>) -> usize {
+    f.and_then(crate::registry::image_at).map_or(0, |i| i.base)
+}
+
 fn image_name(image: *const ImageCtx) -> &'static str {
     // SAFETY: the thunk passes the image's context, which outlives its mapping.
     unsafe { ImageCtx::from_ptr(image) }.map_or("?", |i| i.name)
@@ -48,8 +90,28 @@ pub(crate) extern "win64" fn nmr_register_client(
     let Some(sim) = model("NmrRegisterClient", name) else {
         return STATUS_UNSUCCESSFUL;
     };
+    // SAFETY: null or the image's characteristics (NmrRegisterClient's contract).
+    let characteristics = match unsafe { characteristics.as_ref() } {
+        Some(c) => {
+            let copy = Box::new(NPI_CLIENT_CHARACTERISTICS {
+                ClientAttachProvider: thunked(c.ClientAttachProvider),
+                ClientDetachProvider: thunked(c.ClientDetachProvider),
+                ClientCleanupBindingContext: thunked(c.ClientCleanupBindingContext),
+                ..*c
+            });
+            let ptr: *const NPI_CLIENT_CHARACTERISTICS = &*copy;
+            let base = callback_image(c.ClientAttachProvider.map(|f| f as usize));
+            COPIES
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((base, Copy::Client(copy)));
+            ptr
+        }
+        None => characteristics,
+    };
     // SAFETY: the image upholds NmrRegisterClient's contract; its callbacks
-    // are Windows x64 functions (it was compiled for x86_64-pc-windows-msvc).
+    // are Windows x64 functions (it was compiled for x86_64-pc-windows-msvc),
+    // and so are the entry thunks standing for them.
     crate::plan::in_register(|| {
         // SAFETY: as above.
         on_host_stack(|| unsafe { sim.register_client_win64(characteristics, context, handle) })
@@ -69,6 +131,25 @@ pub(crate) extern "win64" fn nmr_register_provider(
     }
     let Some(sim) = model("NmrRegisterProvider", name) else {
         return STATUS_UNSUCCESSFUL;
+    };
+    // SAFETY: null or the image's characteristics (NmrRegisterProvider's contract).
+    let characteristics = match unsafe { characteristics.as_ref() } {
+        Some(c) => {
+            let copy = Box::new(NPI_PROVIDER_CHARACTERISTICS {
+                ProviderAttachClient: thunked(c.ProviderAttachClient),
+                ProviderDetachClient: thunked(c.ProviderDetachClient),
+                ProviderCleanupBindingContext: thunked(c.ProviderCleanupBindingContext),
+                ..*c
+            });
+            let ptr: *const NPI_PROVIDER_CHARACTERISTICS = &*copy;
+            let base = callback_image(c.ProviderAttachClient.map(|f| f as usize));
+            COPIES
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((base, Copy::Provider(copy)));
+            ptr
+        }
+        None => characteristics,
     };
     // SAFETY: as for nmr_register_client.
     crate::plan::in_register(|| {

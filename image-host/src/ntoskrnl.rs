@@ -4,7 +4,8 @@
 //! model's IRQL, `DbgPrintEx`, `KeBugCheckEx`, the `mem*` functions, and the
 //! processor queries.
 
-use std::collections::HashMap;
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
 use std::ffi::c_void;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -20,12 +21,27 @@ use crate::image::{ImageCtx, name_at};
 use crate::plan::{FaultPlan, Site};
 use crate::pool;
 use crate::problems::{self, Kind};
+use crate::rules::{Rule, irql_name};
 use crate::stack::{self, KernelStack};
 
 const STATUS_TIMEOUT: NTSTATUS = 0x102;
 const STATUS_INVALID_HANDLE: NTSTATUS = 0xC000_0008_u32 as i32;
 /// `POOL_FLAG_UNINITIALIZED`: the caller does not need zeroed memory.
 const POOL_FLAG_UNINITIALIZED: u64 = 0x2;
+/// `POOL_FLAG_RAISE_ON_FAILURE`: raise an exception instead of returning NULL.
+const POOL_FLAG_RAISE_ON_FAILURE: u64 = 0x20;
+/// `POOL_FLAG_NON_PAGED`.
+const POOL_FLAG_NON_PAGED: u64 = 0x40;
+/// `POOL_FLAG_NON_PAGED_EXECUTE`.
+const POOL_FLAG_NON_PAGED_EXECUTE: u64 = 0x80;
+/// `POOL_FLAG_PAGED`.
+const POOL_FLAG_PAGED: u64 = 0x100;
+/// The required flags (low 32 bits) `kernel/pool_flags` defines for drivers:
+/// USE_QUOTA, UNINITIALIZED, SESSION, CACHE_ALIGNED, RAISE_ON_FAILURE and the
+/// three pool types; 0x10, 0x200 and 0x400 are reserved for the system.
+const POOL_FLAGS_KNOWN_REQUIRED: u64 = 0x1 | 0x2 | 0x4 | 0x8 | 0x20 | 0x40 | 0x80 | 0x100;
+/// The longest message `DbgPrintEx` transmits.
+const DBG_PRINT_MAX: usize = 512;
 const PASSIVE_LEVEL: u8 = 0;
 const DISPATCH_LEVEL: u8 = 2;
 
@@ -123,10 +139,30 @@ fn format_printf(format: &[u8], arg: usize) -> Result<String, String> {
     Ok(out)
 }
 
+/// `DPFLTR_ERROR_LEVEL`: the one level Windows shows without a `Debug Print
+/// Filter` registry value.
+const DPFLTR_ERROR_LEVEL: u32 = 0;
+static TRACE_LINES_SHOWN_BY_DEFAULT: AtomicU64 = AtomicU64::new(0);
+
+/// `DbgPrintEx` lines Windows would show with no `Debug Print Filter` set:
+/// a `Level` of 0..=31 is a bit index into the component's mask, a larger
+/// one is the mask itself; the default mask is `DPFLTR_ERROR_LEVEL` only
+/// (devtest/reading-and-filtering-debugging-messages). The others reach the
+/// trace sink as they would a debugger with the filter opened to all.
+pub fn trace_lines_shown_by_default() -> u64 {
+    TRACE_LINES_SHOWN_BY_DEFAULT.load(Ordering::Relaxed)
+}
+
+/// Whether Windows' default filter passes a message of `level`.
+pub fn shown_by_default(level: u32) -> bool {
+    let mask = if level <= 31 { 1u32 << level } else { level };
+    mask & (1 << DPFLTR_ERROR_LEVEL) != 0
+}
+
 /// `DbgPrintEx(ComponentId, Level, Format, ...)`: one argument is read (in R9).
 pub(crate) extern "win64" fn dbg_print_ex(
     _component: u32,
-    _level: u32,
+    level: u32,
     format: *const std::ffi::c_char,
     arg: usize,
 ) -> u32 {
@@ -148,8 +184,21 @@ pub(crate) extern "win64" fn dbg_print_ex(
                 return STATUS_INVALID_PARAMETER as u32;
             }
         };
+        if line.len() > DBG_PRINT_MAX {
+            Rule::DbgPrintTooLong.report(
+                name_at(format as usize),
+                &format!(
+                    "a {}-byte message (the first 40: {:?})",
+                    line.len(),
+                    &line[..line.floor_char_boundary(40)]
+                ),
+            );
+        }
         let line = line.trim_end_matches('\n');
         TRACE_LINES.fetch_add(1, Ordering::Relaxed);
+        if shown_by_default(level) {
+            TRACE_LINES_SHOWN_BY_DEFAULT.fetch_add(1, Ordering::Relaxed);
+        }
         if line.contains(" peer-fault ") {
             problems::report(Kind::PeerFault, name_at(format as usize), line.to_owned());
         }
@@ -162,6 +211,42 @@ pub(crate) extern "win64" fn dbg_print_ex(
 
 // -------------------------------------------------------------------- pool
 
+/// Why `flags` is not a valid `POOL_FLAGS` for a driver, if it is not.
+fn pool_flags_problem(flags: u64) -> Option<String> {
+    let required = flags & 0xFFFF_FFFF;
+    let unknown = required & !POOL_FLAGS_KNOWN_REQUIRED;
+    if unknown != 0 {
+        return Some(format!(
+            "required bits {unknown:#x} are reserved or unknown"
+        ));
+    }
+    let types = [
+        POOL_FLAG_NON_PAGED,
+        POOL_FLAG_NON_PAGED_EXECUTE,
+        POOL_FLAG_PAGED,
+    ]
+    .iter()
+    .filter(|&&t| flags & t != 0)
+    .count();
+    match types {
+        1 => None,
+        0 => Some("no pool type (NON_PAGED, NON_PAGED_EXECUTE or PAGED)".into()),
+        _ => Some("more than one pool type".into()),
+    }
+}
+
+/// The tag's rule broken, if any (checked after tag 0).
+fn pool_tag_problem(tag: u32) -> Option<Rule> {
+    let bytes = tag.to_le_bytes();
+    if !bytes.iter().any(u8::is_ascii_alphanumeric) {
+        Some(Rule::PoolTagNoAlnum)
+    } else if !bytes.iter().all(|b| (0x20..=0x7E).contains(b)) {
+        Some(Rule::PoolTagNotPrintable)
+    } else {
+        None
+    }
+}
+
 /// `ExAllocatePool2(Flags, NumberOfBytes, Tag)`; the thunk adds the image in R9.
 pub(crate) extern "win64" fn ex_allocate_pool2(
     flags: u64,
@@ -173,15 +258,47 @@ pub(crate) extern "win64" fn ex_allocate_pool2(
     let Some(image) = (unsafe { ImageCtx::from_ptr(image) }) else {
         return std::ptr::null_mut();
     };
+    let call = format!(
+        "ExAllocatePool2({flags:#x}, {size}, '{}')",
+        pool::tag_text(tag)
+    );
+    if let Some(why) = pool_flags_problem(flags) {
+        Rule::PoolBadFlags.report(image.name, &format!("{call}: {why}"));
+        return std::ptr::null_mut();
+    }
     if tag == 0 {
-        problems::report(Kind::BadCall, image.name, "ExAllocatePool2 with tag 0");
+        Rule::PoolTagZero.report(image.name, &call);
+        return std::ptr::null_mut();
+    }
+    if let Some(rule) = pool_tag_problem(tag) {
+        rule.report(
+            image.name,
+            &format!("{call}: tag bytes {:02X?}", tag.to_le_bytes()),
+        );
+    }
+    let paged = flags & POOL_FLAG_PAGED != 0;
+    if paged && irql::current() != Irql::Passive {
+        Rule::PoolPagedAtDispatch.report(image.name, &format!("{call} at DISPATCH_LEVEL"));
+    }
+    if size == 0 {
+        Rule::PoolZeroBytes.report(image.name, &call);
     }
     if FaultPlan::should_fail(Site::ExAllocatePool2, image.name) {
         pool::count_failed();
+        if flags & POOL_FLAG_RAISE_ON_FAILURE != 0 {
+            Rule::PoolRaiseOnFailure.report(
+                image.name,
+                &format!("{call} failed with POOL_FLAG_RAISE_ON_FAILURE: it raises, it does not return NULL"),
+            );
+        }
         return std::ptr::null_mut();
     }
-    let _ = flags & POOL_FLAG_UNINITIALIZED; // zeroed either way
-    pool::allocate(size, tag, image.id, image.name).cast()
+    let fill = if flags & POOL_FLAG_UNINITIALIZED != 0 {
+        pool::Fill::Garbage
+    } else {
+        pool::Fill::Zero
+    };
+    pool::allocate_with(size, tag, image.id, image.name, paged, fill).cast()
 }
 
 /// `ExFreePoolWithTag(P, Tag)`; the thunk adds the image in R8.
@@ -192,6 +309,12 @@ pub(crate) extern "win64" fn ex_free_pool_with_tag(
 ) {
     // SAFETY: as for ex_allocate_pool2.
     let name = unsafe { ImageCtx::from_ptr(image) }.map_or("?", |i| i.name);
+    if irql::current() != Irql::Passive && pool::is_paged(p as usize) {
+        Rule::PoolFreePagedAtDispatch.report(
+            name,
+            &format!("ExFreePoolWithTag({p:p}) of a paged block at DISPATCH_LEVEL"),
+        );
+    }
     pool::free(p.cast(), tag, name);
 }
 
@@ -297,6 +420,9 @@ pub(crate) extern "win64" fn ps_create_system_thread(
         );
         return STATUS_INVALID_PARAMETER;
     }
+    if irql::current() != Irql::Passive {
+        Rule::IrqlPsPassive.report(image_name, "PsCreateSystemThread at DISPATCH_LEVEL");
+    }
     if FaultPlan::should_fail(Site::PsCreateSystemThread, image_name) {
         return STATUS_INSUFFICIENT_RESOURCES;
     }
@@ -317,6 +443,7 @@ pub(crate) extern "win64" fn ps_create_system_thread(
             // SAFETY: `start` is inside a mapped image (checked); the image
             // stays mapped until its threads are waited for (DriverUnload).
             unsafe { stack::run_on_kernel_stack(&stack, start, context) };
+            check_thread_end(image_name, start);
             STACK_PEAK.fetch_max(stack.used(), Ordering::Relaxed);
             drop(alt);
             THREADS_RUNNING.fetch_sub(1, Ordering::Relaxed);
@@ -350,7 +477,16 @@ pub(crate) extern "win64" fn ps_create_system_thread(
 /// `PsTerminateSystemThread`: ends the calling image thread without
 /// unwinding its frames.
 pub(crate) extern "win64" fn ps_terminate_system_thread(_status: NTSTATUS) -> NTSTATUS {
-    if !stack::on_kernel_stack() {
+    if irql::current() != Irql::Passive {
+        Rule::IrqlPsPassive.report(
+            &held_locks_image(),
+            &format!(
+                "PsTerminateSystemThread at DISPATCH_LEVEL{}",
+                held_locks_text()
+            ),
+        );
+    }
+    if !stack::on_system_thread() {
         problems::report(
             Kind::BadCall,
             "?",
@@ -369,7 +505,13 @@ pub(crate) extern "win64" fn zw_wait_for_single_object(
     _alertable: u8,
     timeout: *mut i64,
 ) -> NTSTATUS {
-    irql::assert_can_block("ZwWaitForSingleObject");
+    if irql::current() != Irql::Passive {
+        Rule::IrqlZwPassive.report(
+            stack::current_image(),
+            "ZwWaitForSingleObject at DISPATCH_LEVEL",
+        );
+    }
+    blocking_with_lock_held("ZwWaitForSingleObject");
     let Some(done) = threads(|t| t.get(&(handle as usize)).map(|r| r.done.clone())) else {
         problems::report(
             Kind::BadCall,
@@ -389,7 +531,7 @@ pub(crate) extern "win64" fn zw_wait_for_single_object(
             }
         }
         Some(t) => {
-            let wait = Duration::from_nanos(t.unsigned_abs().saturating_mul(100));
+            let wait = timeout_duration("ZwWaitForSingleObject", t);
             let (g, _) = cv
                 .wait_timeout_while(finished, wait, |f| !*f)
                 .unwrap_or_else(|e| e.into_inner());
@@ -404,6 +546,12 @@ pub(crate) extern "win64" fn zw_wait_for_single_object(
 
 /// `ZwClose` on a thread handle; joins the host thread if it has ended.
 pub(crate) extern "win64" fn zw_close(handle: HANDLE) -> NTSTATUS {
+    if irql::current() != Irql::Passive {
+        Rule::IrqlZwPassive.report(
+            stack::current_image(),
+            &format!("ZwClose({handle:p}) at DISPATCH_LEVEL"),
+        );
+    }
     let Some(mut rec) = threads(|t| t.remove(&(handle as usize))) else {
         problems::report(
             Kind::BadCall,
@@ -421,20 +569,64 @@ pub(crate) extern "win64" fn zw_close(handle: HANDLE) -> NTSTATUS {
     STATUS_SUCCESS
 }
 
+/// 100 ns units from 1601-01-01 to 1970-01-01 (the Unix epoch).
+const EPOCH_1601_TO_1970: i64 = 11_644_473_600 * 10_000_000;
+
+/// The system time now, as `KeQuerySystemTime` gives it.
+fn system_time_now() -> i64 {
+    let since_unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    EPOCH_1601_TO_1970 + (since_unix.as_nanos() / 100) as i64
+}
+
+/// How long a wait with `t` (100 ns units) lasts: negative is relative,
+/// positive an absolute system time (reported: the images mean relative
+/// waits, and a positive value is the classic sign bug).
+fn timeout_duration(call: &str, t: i64) -> Duration {
+    if t <= 0 {
+        return Duration::from_nanos(t.unsigned_abs().saturating_mul(100));
+    }
+    let now = system_time_now();
+    let left = t.saturating_sub(now);
+    let when = if left <= 0 {
+        format!(
+            "{:.1} s in the past: returns at once",
+            (now - t) as f64 / 1e7
+        )
+    } else {
+        format!("{:.1} s from now", left as f64 / 1e7)
+    };
+    Rule::AbsoluteTimeout.report(
+        stack::current_image(),
+        &format!("{call} with a positive interval {t} (an absolute time, {when}); a relative one is negative"),
+    );
+    Duration::from_nanos(left.max(0) as u64 * 100)
+}
+
 /// `KeDelayExecutionThread(WaitMode, Alertable, Interval)`.
 pub(crate) extern "win64" fn ke_delay_execution_thread(
     _mode: i8,
     _alertable: u8,
     interval: *mut i64,
 ) -> NTSTATUS {
-    irql::assert_can_block("KeDelayExecutionThread");
-    // SAFETY: the caller's LARGE_INTEGER.
+    if irql::current() != Irql::Passive {
+        Rule::IrqlKeApcLte1.report(
+            stack::current_image(),
+            "KeDelayExecutionThread at DISPATCH_LEVEL",
+        );
+    }
+    blocking_with_lock_held("KeDelayExecutionThread");
+    // SAFETY: null or the caller's LARGE_INTEGER.
     let Some(&t) = (unsafe { interval.as_ref() }) else {
+        Rule::DelayNullInterval.report(
+            stack::current_image(),
+            "KeDelayExecutionThread(Interval = NULL)",
+        );
         return STATUS_INVALID_PARAMETER;
     };
-    // Negative: relative, in 100 ns units. Absolute times are not used by the images.
-    let mut us = t.unsigned_abs() / 10;
-    if stack::on_kernel_stack() {
+    let mut us = (timeout_duration("KeDelayExecutionThread", t).as_nanos() / 1000) as u64;
+    if stack::on_system_thread() {
         us = us.min(u64::from(DELAY_CAP_US.load(Ordering::Relaxed)));
     }
     if us == 0 {
@@ -455,9 +647,200 @@ fn level_to_irql(level: u8) -> Irql {
     }
 }
 
+// What Driver Verifier's Deadlock Detection and the spin lock DDI rules
+// need: the locks each thread holds (with the IRQL each acquire returned),
+// which thread holds each lock, and the order in which locks were ever
+// taken while another was held.
+
+/// One spin lock held by this thread.
+#[derive(Clone, Copy, Debug)]
+struct Held {
+    lock: usize,
+    old_irql: u8,
+}
+
+thread_local! {
+    /// The spin locks this thread holds, innermost last.
+    static HELD: RefCell<Vec<Held>> = const { RefCell::new(Vec::new()) };
+    /// This thread's id for the owner table.
+    static THREAD_ID: u64 = NEXT_THREAD_ID.fetch_add(1, Ordering::Relaxed);
+}
+static NEXT_THREAD_ID: AtomicU64 = AtomicU64::new(1);
+
+#[derive(Default)]
+struct LockGraph {
+    /// Lock -> the thread holding it.
+    owner: HashMap<usize, u64>,
+    /// (a, b): b was acquired while a was held.
+    order: HashSet<(usize, usize)>,
+}
+
+static LOCKS: Mutex<Option<LockGraph>> = Mutex::new(None);
+
+fn locks<R>(f: impl FnOnce(&mut LockGraph) -> R) -> R {
+    let mut g = LOCKS.lock().unwrap_or_else(|e| e.into_inner());
+    f(g.get_or_insert_with(LockGraph::default))
+}
+
+/// Forgets the locks in `start..start + len` (freed pool: the address may
+/// be a different lock next time).
+pub(crate) fn forget_locks_in(start: usize, len: usize) {
+    let inside = |a: usize| a >= start && a - start < len;
+    locks(|g| {
+        g.owner.retain(|&l, _| !inside(l));
+        g.order.retain(|&(a, b)| !inside(a) && !inside(b));
+    });
+}
+
+/// The spin locks this thread holds now.
+pub fn held_locks() -> Vec<usize> {
+    HELD.with(|h| h.borrow().iter().map(|l| l.lock).collect())
+}
+
+fn held_locks_text() -> String {
+    let held = held_locks();
+    if held.is_empty() {
+        String::new()
+    } else {
+        format!(" holding spin lock(s) {held:x?}")
+    }
+}
+
+/// The image of the innermost lock held (or `?`).
+fn held_locks_image() -> String {
+    held_locks()
+        .last()
+        .map_or("?", |&l| lock_image(l))
+        .to_owned()
+}
+
+/// The image a lock belongs to: the pool block's owner or the image it is in.
+fn lock_image(lock: usize) -> &'static str {
+    pool::owner_of(lock).unwrap_or_else(|| name_at(lock))
+}
+
+/// Reports a wait with a spin lock held (the IRQL was lowered by a wrong release).
+fn blocking_with_lock_held(call: &str) {
+    let held = held_locks();
+    if let Some(&lock) = held.last() {
+        Rule::BlockingWithLockHeld.report(
+            lock_image(lock),
+            &format!("{call} while holding spin lock(s) {held:x?}"),
+        );
+    }
+}
+
+/// At a system thread's end: what it must not leave behind.
+fn check_thread_end(image: &str, start: usize) {
+    let what = format!(
+        "the system thread started at {}",
+        stack::name_with_offset(start)
+    );
+    let level = irql::current();
+    if level != Irql::Passive {
+        Rule::ThreadExitRaisedIrql.report(image, &format!("{what} ended at DISPATCH_LEVEL"));
+    }
+    let held = held_locks();
+    if !held.is_empty() {
+        Rule::ThreadExitOwnsLock.report(
+            image,
+            &format!("{what} ended holding spin lock(s) {held:x?}"),
+        );
+    }
+    end_of_entry_cleanup();
+}
+
+/// The IRQL and the number of spin locks held now: what a routine the
+/// system calls must give back unchanged.
+pub(crate) fn entry_state() -> (u8, usize) {
+    let level = match irql::current() {
+        Irql::Passive => PASSIVE_LEVEL,
+        Irql::Dispatch => DISPATCH_LEVEL,
+    };
+    (level, HELD.with(|h| h.borrow().len()))
+}
+
+/// Checks that `routine` gave back the state it was called in, `before`.
+pub(crate) fn check_entry_return(routine: &str, image: &str, before: (u8, usize)) {
+    let after = entry_state();
+    if after.0 != before.0 {
+        Rule::ReturnAtOtherIrql.report(
+            image,
+            &format!(
+                "{routine} returned at {}, called at {}",
+                irql_name(after.0),
+                irql_name(before.0)
+            ),
+        );
+    }
+    if after.1 > before.1 {
+        let held = held_locks();
+        Rule::ReturnHoldingLock.report(
+            image,
+            &format!(
+                "{routine} returned holding spin lock(s) {:x?}",
+                &held[before.1..]
+            ),
+        );
+    }
+}
+
+/// Forgets this thread's held locks and IRQL after they were reported.
+fn end_of_entry_cleanup() {
+    let held = HELD.with(|h| std::mem::take(&mut *h.borrow_mut()));
+    let me = THREAD_ID.with(|t| *t);
+    locks(|g| {
+        for l in held {
+            if g.owner.get(&l.lock) == Some(&me) {
+                g.owner.remove(&l.lock);
+            }
+        }
+    });
+    irql::lower(Irql::Passive);
+}
+
 /// `KeAcquireSpinLockRaiseToDpc`: raises the model's IRQL, spins, returns the old level.
 pub(crate) extern "win64" fn ke_acquire_spin_lock_raise_to_dpc(lock: *mut usize) -> u8 {
     let old = irql::raise_to_dispatch();
+    let old_level = match old {
+        Irql::Passive => PASSIVE_LEVEL,
+        Irql::Dispatch => DISPATCH_LEVEL,
+    };
+    let lock_addr = lock as usize;
+    let held = held_locks();
+    if held.contains(&lock_addr) {
+        // Spinning would never end: report and do not spin (Verifier stops here).
+        Rule::SelfDeadlock.report(
+            lock_image(lock_addr),
+            &format!("KeAcquireSpinLockRaiseToDpc({lock_addr:#x}) by the thread that holds it"),
+        );
+        HELD.with(|h| {
+            h.borrow_mut().push(Held {
+                lock: lock_addr,
+                old_irql: old_level,
+            })
+        });
+        return old_level;
+    }
+    let inversion = locks(|g| {
+        let bad = held
+            .iter()
+            .copied()
+            .find(|&outer| g.order.contains(&(lock_addr, outer)));
+        for &outer in &held {
+            g.order.insert((outer, lock_addr));
+        }
+        bad
+    });
+    if let Some(outer) = inversion {
+        Rule::LockHierarchy.report(
+            lock_image(lock_addr),
+            &format!(
+                "spin lock {lock_addr:#x} acquired while holding {outer:#x}, which was \
+                 acquired while holding {lock_addr:#x} before: the two orders deadlock"
+            ),
+        );
+    }
     // SAFETY: a KSPIN_LOCK is a pointer-sized, aligned word the caller owns.
     let word = unsafe { std::sync::atomic::AtomicUsize::from_ptr(lock) };
     let mut spins = 0u32;
@@ -472,22 +855,75 @@ pub(crate) extern "win64" fn ke_acquire_spin_lock_raise_to_dpc(lock: *mut usize)
             std::hint::spin_loop();
         }
     }
-    match old {
-        Irql::Passive => PASSIVE_LEVEL,
-        Irql::Dispatch => DISPATCH_LEVEL,
-    }
+    let me = THREAD_ID.with(|t| *t);
+    locks(|g| g.owner.insert(lock_addr, me));
+    HELD.with(|h| {
+        h.borrow_mut().push(Held {
+            lock: lock_addr,
+            old_irql: old_level,
+        })
+    });
+    old_level
 }
 
-/// `KeReleaseSpinLock(SpinLock, NewIrql)`: releases and lowers.
+/// `KeReleaseSpinLock(SpinLock, NewIrql)`: releases and lowers; checks what
+/// Verifier checks (IrqlKeReleaseSpinLock, Deadlock Detection).
 pub(crate) extern "win64" fn ke_release_spin_lock(lock: *mut usize, new_irql: u8) {
+    let lock_addr = lock as usize;
+    let image = lock_image(lock_addr);
+    let call = format!("KeReleaseSpinLock({lock_addr:#x}, {})", irql_name(new_irql));
+    if irql::current() != Irql::Dispatch {
+        Rule::IrqlKeReleaseSpinLock.report(image, &format!("{call} called at PASSIVE_LEVEL"));
+    }
+    let me = THREAD_ID.with(|t| *t);
+    let mine = HELD.with(|h| {
+        let mut h = h.borrow_mut();
+        let at = h.iter().rposition(|l| l.lock == lock_addr)?;
+        let innermost = at + 1 == h.len();
+        Some((h.remove(at), innermost))
+    });
+    match mine {
+        Some((held, innermost)) => {
+            if held.old_irql != new_irql {
+                Rule::IrqlKeReleaseSpinLock.report(
+                    image,
+                    &format!(
+                        "{call}: NewIrql is not the {} its KeAcquireSpinLock returned",
+                        irql_name(held.old_irql)
+                    ),
+                );
+            }
+            if !innermost {
+                Rule::ReleaseOrder.report(
+                    image,
+                    &format!("{call} while a spin lock acquired after it is still held"),
+                );
+            }
+            locks(|g| g.owner.remove(&lock_addr));
+        }
+        None => {
+            let owner = locks(|g| g.owner.get(&lock_addr).copied());
+            match owner {
+                Some(o) if o != me => Rule::ReleaseWrongThread.report(
+                    image,
+                    &format!("{call} by a thread that did not acquire it"),
+                ),
+                _ => Rule::ReleaseUnacquired.report(image, &format!("{call} of a lock not held")),
+            }
+        }
+    }
     // SAFETY: as above.
     let word = unsafe { std::sync::atomic::AtomicUsize::from_ptr(lock) };
-    if word.swap(0, Ordering::Release) == 0 {
-        problems::report(Kind::BadCall, "?", "KeReleaseSpinLock of a lock not held");
+    if word.swap(0, Ordering::Release) == 0 && mine.is_some() {
+        problems::report(
+            Kind::BadCall,
+            image,
+            format!("{call}: the lock word was already 0"),
+        );
     }
     irql::lower(level_to_irql(new_irql));
     let latency = CALL_LATENCY_US.load(Ordering::Relaxed);
-    if latency != 0 && new_irql == PASSIVE_LEVEL && stack::on_kernel_stack() {
+    if latency != 0 && new_irql == PASSIVE_LEVEL && stack::on_system_thread() {
         std::thread::sleep(Duration::from_micros(u64::from(latency)));
     }
 }

@@ -4,17 +4,32 @@
 //! bytes of slack after it filled with guard bytes (checked at free), freed
 //! blocks poisoned, made no-access and quarantined (a use after free faults),
 //! and every block accounted to the image that allocated it, by tag and size.
+//! The bytes before the block on its first page are guard bytes too (an
+//! underrun is seen at free, 0xC1/0x23), and `POOL_FLAG_UNINITIALIZED`
+//! blocks hold garbage, not zeros.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 
 use crate::pe::{Pages, page_size};
 use crate::problems::{self, Kind};
+use crate::rules::Rule;
 
 /// What guard bytes hold.
 const GUARD: u8 = 0xFD;
 /// What a freed block holds.
 const POISON: u8 = 0xDF;
+/// What a block allocated with `POOL_FLAG_UNINITIALIZED` holds.
+const GARBAGE: u8 = 0xC5;
+
+/// What a new block holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fill {
+    /// Zeros (`ExAllocatePool2` without `POOL_FLAG_UNINITIALIZED`).
+    Zero,
+    /// Garbage (with it): code that reads before writing sees non-zero bytes.
+    Garbage,
+}
 /// Freed blocks kept no-access before their pages are unmapped.
 const QUARANTINE: usize = 256;
 /// `ExAllocatePool2`'s alignment on x64.
@@ -28,6 +43,7 @@ struct Block {
     image: u64,
     image_name: &'static str,
     serial: u64,
+    paged: bool,
 }
 
 #[derive(Default)]
@@ -79,6 +95,18 @@ pub fn tag_text(tag: u32) -> String {
 /// Allocates `size` bytes for image `image` (zeroed, as `ExAllocatePool2`
 /// returns them without `POOL_FLAG_UNINITIALIZED`). Null when out of memory.
 pub fn allocate(size: usize, tag: u32, image: u64, image_name: &'static str) -> *mut u8 {
+    allocate_with(size, tag, image, image_name, false, Fill::Zero)
+}
+
+/// Allocates as [`allocate`], from paged pool if `paged`, filled as `fill`.
+pub fn allocate_with(
+    size: usize,
+    tag: u32,
+    image: u64,
+    image_name: &'static str,
+    paged: bool,
+    fill: Fill,
+) -> *mut u8 {
     let page = page_size();
     let rounded = size.max(1).next_multiple_of(ALIGN);
     let data_pages = rounded.next_multiple_of(page);
@@ -94,6 +122,15 @@ pub fn allocate(size: usize, tag: u32, image: u64, image_name: &'static str) -> 
     let ptr = unsafe {
         let p = pages.base().add(offset);
         p.add(size).write_bytes(GUARD, rounded - size);
+        // The bytes before the block on its first page: an underrun lands there.
+        let first_page = offset / page * page;
+        pages
+            .base()
+            .add(first_page)
+            .write_bytes(GUARD, offset - first_page);
+        if fill == Fill::Garbage {
+            p.write_bytes(GARBAGE, size);
+        }
         p
     };
     with_pool(|pool| {
@@ -106,6 +143,7 @@ pub fn allocate(size: usize, tag: u32, image: u64, image_name: &'static str) -> 
             image,
             image_name,
             serial: pool.serial,
+            paged,
         };
         pool.live.insert(ptr as usize, block);
         pool.stats.allocations += 1;
@@ -139,12 +177,10 @@ pub fn free(ptr: *mut u8, tag: u32, caller: &'static str) {
             return;
         };
         if block.tag != tag {
-            problems::report(
-                Kind::BadFree,
+            Rule::PoolWrongTag.report(
                 caller,
-                format!(
-                    "ExFreePoolWithTag({ptr:p}, '{}'): the block was allocated with tag '{}' \
-                     (Windows: bug check 0xC2 BAD_POOL_CALLER)",
+                &format!(
+                    "ExFreePoolWithTag({ptr:p}, '{}'): the block was allocated with tag '{}'",
                     tag_text(tag),
                     tag_text(block.tag)
                 ),
@@ -161,15 +197,36 @@ pub fn free(ptr: *mut u8, tag: u32, caller: &'static str) {
             problems::report(
                 Kind::PoolOverrun,
                 block.image_name,
-                format!(
-                    "pool overrun: a {}-byte block of tag '{}' was written {} byte(s) past its end \
-                     (Windows: bug check 0xC1 SPECIAL_POOL_DETECTED_MEMORY_CORRUPTION)",
+                Rule::PoolOverrun.text(&format!(
+                    "pool overrun: a {}-byte block of tag '{}' was written {} byte(s) past its end",
                     block.size,
                     tag_text(block.tag),
                     i + 1
-                ),
+                )),
             );
         }
+        let page = page_size();
+        let first_page = block.offset / page * page;
+        // SAFETY: the guard bytes before the block, on its first page (RW).
+        let before = unsafe {
+            std::slice::from_raw_parts(
+                block.pages.base().add(first_page),
+                block.offset - first_page,
+            )
+        };
+        if let Some(i) = before.iter().rposition(|&b| b != GUARD) {
+            problems::report(
+                Kind::PoolOverrun,
+                block.image_name,
+                Rule::PoolUnderrun.text(&format!(
+                    "pool underrun: a {}-byte block of tag '{}' was written {} byte(s) before its start",
+                    block.size,
+                    tag_text(block.tag),
+                    before.len() - i
+                )),
+            );
+        }
+        crate::ntoskrnl::forget_locks_in(ptr as usize, rounded);
         // SAFETY: as above; then the pages become no-access.
         unsafe { ptr.write_bytes(POISON, rounded) };
         let _ = block
@@ -222,6 +279,11 @@ pub fn readable_range(addr: usize) -> Option<(usize, usize)> {
             .find(|(p, b)| addr >= **p && addr < **p + b.size)
             .map(|(p, b)| (*p, b.size))
     })
+}
+
+/// Whether `addr` is a live block from paged pool.
+pub fn is_paged(addr: usize) -> bool {
+    with_pool(|pool| pool.live.get(&addr).is_some_and(|b| b.paged))
 }
 
 /// The image that allocated the live block containing `addr`.

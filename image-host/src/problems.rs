@@ -24,6 +24,9 @@ pub enum Kind {
     BadCall,
     /// A trace line reporting a peer's wrong answer (`peer-fault`).
     PeerFault,
+    /// A rule of [`crate::rules`] broken: what Windows or Driver Verifier
+    /// would stop on.
+    Verifier,
 }
 
 /// One problem, naming the image.

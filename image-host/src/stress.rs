@@ -96,6 +96,12 @@ pub struct ImageReport {
     pub pool_live_blocks: usize,
     /// Thread figures.
     pub threads: ThreadStats,
+    /// Stack figures of the entries into image code (nested NMR path, host entries).
+    pub entries: crate::stack::EntryStats,
+    /// The most host stack the model used between an NMR call and a callback.
+    pub model_path_bytes: usize,
+    /// DbgPrintEx lines Windows shows without a Debug Print Filter.
+    pub trace_lines_shown_by_default: u64,
     /// DbgPrintEx lines.
     pub trace_lines: u64,
     /// The longest DriverUnload.
@@ -237,7 +243,37 @@ impl ImageReport {
                     100.0 * self.threads.stack_peak as f64 / crate::stack::KERNEL_STACK_SIZE as f64
                 ),
             ),
+            (
+                "deepest stack, worker->NMR->cleanup",
+                format!(
+                    "{} of {} bytes ({:.0}%; {} nested entries; NETIO frames charged {} bytes \
+                     each, the model itself used {})",
+                    self.entries.nested_peak,
+                    crate::stack::KERNEL_STACK_SIZE,
+                    100.0 * self.entries.nested_peak as f64
+                        / crate::stack::KERNEL_STACK_SIZE as f64,
+                    self.entries.nested_entries,
+                    crate::stack::NETIO_FRAME_BUDGET,
+                    self.model_path_bytes
+                ),
+            ),
+            (
+                "deepest stack, DriverEntry/Unload",
+                format!(
+                    "{} of {} bytes ({} entries from the host, each on its own 24 KiB stack)",
+                    self.entries.host_entry_peak,
+                    crate::stack::KERNEL_STACK_SIZE,
+                    self.entries.host_entries
+                ),
+            ),
             ("DbgPrintEx lines", self.trace_lines.to_string()),
+            (
+                "DbgPrintEx lines shown by default",
+                format!(
+                    "{} (the rest need a Debug Print Filter for component 80)",
+                    self.trace_lines_shown_by_default
+                ),
+            ),
             (
                 "faults",
                 "0 (a fault stops the run with exit status 4)".into(),
@@ -343,6 +379,7 @@ pub fn run(config: &ImageStressConfig, progress: &dyn Fn(u64)) -> Result<ImageRe
         ntoskrnl::thread_stats(),
         ntoskrnl::trace_lines(),
     );
+    let shown0 = ntoskrnl::trace_lines_shown_by_default();
     let calls0 = (
         crate::dispatch::calls_into(PROVIDER_IMAGE),
         crate::dispatch::calls_into(CLIENT_IMAGE),
@@ -484,6 +521,9 @@ pub fn run(config: &ImageStressConfig, progress: &dyn Fn(u64)) -> Result<ImageRe
         ..threads1
     };
     report.trace_lines = ntoskrnl::trace_lines() - lines0;
+    report.trace_lines_shown_by_default = ntoskrnl::trace_lines_shown_by_default() - shown0;
+    report.entries = crate::stack::entry_stats();
+    report.model_path_bytes = crate::stack::model_path_peak();
     report.calls_into_provider = crate::dispatch::calls_into(PROVIDER_IMAGE) - calls0.0;
     report.calls_into_client = crate::dispatch::calls_into(CLIENT_IMAGE) - calls0.1;
     report.trace = std::mem::take(&mut *trace.lock().unwrap_or_else(|e| e.into_inner()));

@@ -1,24 +1,33 @@
 //! Counting the NPI calls between the images. The real NMR never sees them;
 //! the host does, by handing each side a copy of the peer's dispatch table
-//! whose function pointers go through a counting thunk (`lock inc` then a
-//! jump to the image's function: arguments, convention and return untouched).
-//! One copy per distinct table per mapping.
+//! whose function pointers go through a counting thunk (`lock inc`, then
+//! the function pointer read from the owner's own table at each call, then
+//! a jump to it: arguments, convention and return untouched). Reading the
+//! owner's table at each call keeps Windows' semantics: when the owner frees
+//! its table (pool, no-access in quarantine) while the peer can still call,
+//! the call faults, and the fault names the table
+//! ([`Rule::DispatchTableFreed`](crate::rules::Rule)); when the owner
+//! changes a pointer while bound, the thunk stops on `ud2`
+//! ([`Rule::DispatchTableChanged`](crate::rules::Rule)). One copy per
+//! distinct table address and content.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::pe::{Pages, page_size};
-use crate::registry;
+use crate::registry::{self, Registered};
 
 /// The largest table copied (ours are 16 and 24 bytes).
 const MAX_TABLE: usize = 256;
-const THUNK_SIZE: usize = 32;
+const THUNK_SIZE: usize = 64;
 
 struct Wrapped {
     image_base: usize,
+    original: usize,
     content: Vec<u8>,
     pages: Pages,
+    _named: Option<Registered>,
 }
 
 static TABLES: Mutex<Vec<Wrapped>> = Mutex::new(Vec::new());
@@ -68,7 +77,10 @@ pub(crate) fn wrap(table: *const std::ffi::c_void) -> *const std::ffi::c_void {
         return table;
     };
     let mut tables = TABLES.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(w) = tables.iter().find(|w| w.content == bytes) {
+    if let Some(w) = tables
+        .iter()
+        .find(|w| w.original == addr && w.content == bytes)
+    {
         return w.pages.base().cast_const().cast();
     }
     let Ok(pages) = Pages::new(page_size()) else {
@@ -90,9 +102,15 @@ pub(crate) fn wrap(table: *const std::ffi::c_void) -> *const std::ffi::c_void {
         code.extend_from_slice(&[0x48, 0xB8]); // mov rax, &calls
         code.extend_from_slice(&(calls as *const AtomicU64 as u64).to_le_bytes());
         code.extend_from_slice(&[0xF0, 0x48, 0xFF, 0x00]); // lock inc qword [rax]
-        code.extend_from_slice(&[0x48, 0xB8]); // mov rax, target
+        code.extend_from_slice(&[0x48, 0xB8]); // mov rax, &owner's slot
+        code.extend_from_slice(&((addr + offset) as u64).to_le_bytes());
+        code.extend_from_slice(&[0x48, 0x8B, 0x00]); // mov rax, [rax]: faults if freed
+        code.extend_from_slice(&[0x49, 0xBB]); // mov r11, target (at attach)
         code.extend_from_slice(&(target as u64).to_le_bytes());
+        code.extend_from_slice(&[0x4C, 0x39, 0xD8]); // cmp rax, r11
+        code.extend_from_slice(&[0x75, 0x02]); // jne changed
         code.extend_from_slice(&[0xFF, 0xE0]); // jmp rax
+        code.extend_from_slice(&[0x0F, 0x0B]); // changed: ud2
         code.resize(THUNK_SIZE, 0xCC);
         // SAFETY: inside the RW page; the slot in the copy is 8 bytes.
         unsafe {
@@ -110,10 +128,18 @@ pub(crate) fn wrap(table: *const std::ffi::c_void) -> *const std::ffi::c_void {
         return table;
     }
     let wrapped = pages.base().cast_const().cast();
+    let named = registry::register_dispatch(
+        pages.base() as usize,
+        pages.len(),
+        crate::pool::owner_of(addr).unwrap_or(image.name),
+        image.path,
+    );
     tables.push(Wrapped {
         image_base: image.base,
+        original: addr,
         content: bytes,
         pages,
+        _named: named,
     });
     wrapped
 }

@@ -306,6 +306,8 @@ impl Drop for Driver {
             return;
         }
         let base = self.image().base();
+        // Its static spin locks are gone: the addresses may be others' next.
+        crate::ntoskrnl::forget_locks_in(base, self.image().size());
         IDS.lock()
             .unwrap_or_else(|e| e.into_inner())
             .retain(|(b, _, _)| *b != base);

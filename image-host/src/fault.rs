@@ -66,8 +66,9 @@ extern "C" fn on_fault(sig: libc::c_int, info: *mut libc::siginfo_t, context: *m
     };
     let guard = registry::guard_at(addr);
     let image = registry::image_at(rip);
+    let table = registry::dispatch_at(rip);
     let on_kernel_stack = crate::stack::on_kernel_stack();
-    if guard.is_none() && image.is_none() && !on_kernel_stack {
+    if guard.is_none() && image.is_none() && table.is_none() && !on_kernel_stack {
         // Not ours: restore the previous handler and return; the faulting
         // instruction runs again and faults into it.
         let index = SIGNALS.iter().position(|&s| s == sig).unwrap_or(0);
@@ -104,6 +105,26 @@ extern "C" fn on_fault(sig: libc::c_int, info: *mut libc::siginfo_t, context: *m
             crate::stack::KERNEL_STACK_SIZE / 1024,
             g.name
         );
+    } else if let Some(t) = table {
+        // The words are the rules table's (rules.rs), formatted here without
+        // allocating.
+        if sig == libc::SIGILL {
+            let _ = write!(
+                b,
+                "in a call through {}'s dispatch table: dispatch table: the owner changed a \
+                 function pointer in its table while a peer was bound to it ({})",
+                t.name,
+                crate::rules::DISPATCH_CHANGED_OUTCOME
+            );
+        } else {
+            let _ = write!(
+                b,
+                "accessing {addr:#x} in a call through {}'s dispatch table: dispatch table: the \
+                 owner freed its table while a peer could still call through it ({})",
+                t.name,
+                crate::rules::DISPATCH_FREED_OUTCOME
+            );
+        }
     } else {
         let _ = write!(b, "accessing {addr:#x}");
     }

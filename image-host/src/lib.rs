@@ -68,10 +68,12 @@ pub use pe::LoadError;
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 pub use plan::{FaultMode, FaultPlan, Reached, Site};
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
-pub use stack::KERNEL_STACK_SIZE;
+pub use stack::{EntryStats, KERNEL_STACK_SIZE, NETIO_FRAME_BUDGET};
 
 #[cfg(all(test, target_os = "linux", target_arch = "x86_64"))]
 mod tests;
+#[cfg(all(test, target_os = "linux", target_arch = "x86_64"))]
+mod verifier_tests;
 
 /// Whether this build can run the images (x86_64 Linux).
 pub const SUPPORTED: bool = cfg!(all(target_os = "linux", target_arch = "x86_64"));

@@ -443,7 +443,6 @@ pub(crate) extern "win64" fn ps_create_system_thread(
             // SAFETY: `start` is inside a mapped image (checked); the image
             // stays mapped until its threads are waited for (DriverUnload).
             unsafe { stack::run_on_kernel_stack(&stack, start, context) };
-            check_thread_end(image_name, start);
             STACK_PEAK.fetch_max(stack.used(), Ordering::Relaxed);
             drop(alt);
             THREADS_RUNNING.fetch_sub(1, Ordering::Relaxed);
@@ -731,7 +730,7 @@ fn blocking_with_lock_held(call: &str) {
 }
 
 /// At a system thread's end: what it must not leave behind.
-fn check_thread_end(image: &str, start: usize) {
+pub(crate) fn check_thread_end(image: &str, start: usize) {
     let what = format!(
         "the system thread started at {}",
         stack::name_with_offset(start)
@@ -902,9 +901,13 @@ pub(crate) extern "win64" fn ke_release_spin_lock(lock: *mut usize, new_irql: u8
             locks(|g| g.owner.remove(&lock_addr));
         }
         None => {
+            // SAFETY: as below: the caller's KSPIN_LOCK.
+            let taken = unsafe { std::sync::atomic::AtomicUsize::from_ptr(lock) }
+                .load(Ordering::Relaxed)
+                != 0;
             let owner = locks(|g| g.owner.get(&lock_addr).copied());
             match owner {
-                Some(o) if o != me => Rule::ReleaseWrongThread.report(
+                Some(o) if o != me && taken => Rule::ReleaseWrongThread.report(
                     image,
                     &format!("{call} by a thread that did not acquire it"),
                 ),

@@ -214,7 +214,7 @@ pub fn free(ptr: *mut u8, tag: u32, caller: &'static str) {
                 block.offset - first_page,
             )
         };
-        if let Some(i) = before.iter().rposition(|&b| b != GUARD) {
+        if let Some(i) = before.iter().position(|&b| b != GUARD) {
             problems::report(
                 Kind::PoolOverrun,
                 block.image_name,

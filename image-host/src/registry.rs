@@ -34,6 +34,7 @@ const EMPTY: Slot = Slot {
 
 static IMAGES: [Slot; SLOTS] = [EMPTY; SLOTS];
 static GUARDS: [Slot; SLOTS] = [EMPTY; SLOTS];
+static DISPATCH: [Slot; SLOTS] = [EMPTY; SLOTS];
 
 /// Interned strings: names and paths are few (two images), so interning
 /// bounds what is leaked to make them `'static` for the signal handler.
@@ -156,6 +157,17 @@ pub fn register_image(
 /// None when the table is full.
 pub fn register_guard(base: usize, len: usize, name: &str, path: &str) -> Option<Registered> {
     register(&GUARDS, base, len, name, path, 0)
+}
+
+/// Registers the page of a dispatch table copy and its thunks, owned by
+/// the image `name`; None when the table is full.
+pub fn register_dispatch(base: usize, len: usize, name: &str, path: &str) -> Option<Registered> {
+    register(&DISPATCH, base, len, name, path, 0)
+}
+
+/// The dispatch table copy whose thunk is at `addr` (async-signal-safe).
+pub fn dispatch_at(addr: usize) -> Option<Found> {
+    find(&DISPATCH, addr)
 }
 
 /// The image mapped at `addr` (async-signal-safe).

@@ -315,10 +315,7 @@ pub static RULES: &[Row] = &[
     Row {
         rule: Rule::DispatchTableChanged,
         area: "dispatch table",
-        outcome: Outcome::Silent(
-            "the peer calls whatever the owner's table now holds: a changed table while bound \
-             is a use of memory the owner no longer means as its table",
-        ),
+        outcome: Outcome::Silent("the peer calls whatever the owner's table now holds"),
         source: "netioddk.h NmrClientAttachProvider/ProviderAttachClient: the dispatch table \
                  stays valid and unchanged until the detach completes (NMR-CONTRACT.md)",
     },
@@ -349,6 +346,13 @@ impl Rule {
         problems::report(Kind::Verifier, image, self.text(what));
     }
 }
+
+/// [`Rule::DispatchTableFreed`]'s outcome, as a constant the fault handler
+/// can print without allocating (a test checks it against the table).
+pub const DISPATCH_FREED_OUTCOME: &str = "Windows: bug check 0x50/0x0";
+/// [`Rule::DispatchTableChanged`]'s outcome, likewise.
+pub const DISPATCH_CHANGED_OUTCOME: &str =
+    "Windows: the peer calls whatever the owner's table now holds";
 
 /// The name of an IRQL, as the WDK spells it.
 pub fn irql_name(level: u8) -> &'static str {

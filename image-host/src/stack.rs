@@ -37,7 +37,7 @@ const STACK_FILL: u8 = 0xA5;
 /// WDK's own guidance assumes for a non-leaf kernel routine (home space,
 /// saved non-volatiles, a few locals: about 0.5 KiB each), which is also
 /// more than the host's own release-build model uses on that path
-/// (measured: [`model_path_peak`]).
+/// (measured, and shown in the stress summary).
 pub const NETIO_FRAME_BUDGET: usize = 2048;
 
 /// A kernel stack: one guard page (no access) below `KERNEL_STACK_SIZE`
@@ -293,11 +293,16 @@ static MODEL_PATH_PEAK: AtomicUsize = AtomicUsize::new(0);
 /// Stack figures for the run.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct EntryStats {
-    /// See [`NESTED_PEAK`].
+    /// The deepest use of a system thread's kernel stack measured when an
+    /// entry nested under an NMR call returned (worker -> NPI call -> last
+    /// release -> `Nmr*DetachComplete` -> cleanup), NETIO's frames charged;
+    /// bytes, since the process started.
     pub nested_peak: usize,
     /// Entries nested under an NMR call on a system thread.
     pub nested_entries: u64,
-    /// See [`HOST_ENTRY_PEAK`].
+    /// The deepest use of a stack taken for an entry from the host
+    /// (DriverEntry, DriverUnload and what runs nested in them), bytes,
+    /// since the process started.
     pub host_entry_peak: usize,
     /// Entries from the host.
     pub host_entries: u64,
@@ -454,53 +459,73 @@ thread_local! {
 }
 
 /// Thunks that enter image code through [`nmr_ih_enter_image`], one per
-/// target, kept for the process (few: one per callback per mapping).
-struct ThunkPages {
-    pages: Vec<Pages>,
+/// target, kept for the process (one per callback per mapping). Each block
+/// is two pages: the thunks' code (written once, then read-execute for
+/// good: other threads may be running a thunk of it at any time) and the
+/// targets they load (plain data, written when a thunk is handed out).
+struct ThunkBlocks {
+    blocks: Vec<Pages>,
+    /// Thunks handed out in the last block.
     used: usize,
     by_target: std::collections::HashMap<usize, usize>,
 }
 
-static THUNKS: Mutex<Option<ThunkPages>> = Mutex::new(None);
+static THUNKS: Mutex<Option<ThunkBlocks>> = Mutex::new(None);
 const ENTRY_THUNK_SIZE: usize = 32;
+
+/// A new block of thunks: thunk `i` is `mov r11, [slot i]; mov rax,
+/// nmr_ih_enter_image; jmp rax`, slot `i` in the second page.
+fn new_thunk_block() -> Option<Pages> {
+    let page = page_size();
+    let pages = Pages::new(2 * page).ok()?;
+    let base = pages.base() as usize;
+    for i in 0..page / ENTRY_THUNK_SIZE {
+        let at = base + i * ENTRY_THUNK_SIZE;
+        let slot = base + page + i * 8;
+        let disp = (slot as i64 - (at as i64 + 7)) as i32;
+        let mut code = Vec::with_capacity(ENTRY_THUNK_SIZE);
+        code.extend_from_slice(&[0x4C, 0x8B, 0x1D]); // mov r11, [rip + disp32]
+        code.extend_from_slice(&disp.to_le_bytes());
+        code.extend_from_slice(&[0x48, 0xB8]); // mov rax, nmr_ih_enter_image
+        code.extend_from_slice(&(nmr_ih_enter_image as *const () as u64).to_le_bytes());
+        code.extend_from_slice(&[0xFF, 0xE0]); // jmp rax
+        code.resize(ENTRY_THUNK_SIZE, 0xCC);
+        // SAFETY: inside the first page, RW until protected below.
+        unsafe { std::ptr::copy_nonoverlapping(code.as_ptr(), at as *mut u8, ENTRY_THUNK_SIZE) };
+    }
+    pages
+        .protect(0, page, libc::PROT_READ | libc::PROT_EXEC)
+        .ok()?;
+    Some(pages)
+}
 
 /// A Windows x64 function that runs `target` (a Windows x64 function of up
 /// to 8 arguments, in a mapped image) on a kernel stack: what the model is
 /// handed instead of the image's callback. None when no page can be mapped.
 pub fn entry_thunk(target: usize) -> Option<usize> {
     let mut g = THUNKS.lock().unwrap_or_else(|e| e.into_inner());
-    let t = g.get_or_insert_with(|| ThunkPages {
-        pages: Vec::new(),
-        used: page_size(),
+    let per_block = page_size() / ENTRY_THUNK_SIZE;
+    let t = g.get_or_insert_with(|| ThunkBlocks {
+        blocks: Vec::new(),
+        used: per_block,
         by_target: std::collections::HashMap::new(),
     });
     if let Some(&thunk) = t.by_target.get(&target) {
         return Some(thunk);
     }
-    if t.used + ENTRY_THUNK_SIZE > page_size() {
-        let page = Pages::new(page_size()).ok()?;
-        t.pages.push(page);
+    if t.used == per_block {
+        t.blocks.push(new_thunk_block()?);
         t.used = 0;
     }
-    let page = t.pages.last().expect("pushed");
-    let mut code = Vec::with_capacity(ENTRY_THUNK_SIZE);
-    code.extend_from_slice(&[0x49, 0xBB]); // mov r11, target
-    code.extend_from_slice(&(target as u64).to_le_bytes());
-    code.extend_from_slice(&[0x48, 0xB8]); // mov rax, nmr_ih_enter_image
-    code.extend_from_slice(&(nmr_ih_enter_image as *const () as u64).to_le_bytes());
-    code.extend_from_slice(&[0xFF, 0xE0]); // jmp rax
-    code.resize(ENTRY_THUNK_SIZE, 0xCC);
-    page.protect(0, page.len(), libc::PROT_READ | libc::PROT_WRITE)
-        .ok()?;
-    // SAFETY: inside the page (checked), RW now.
-    let at = unsafe { page.base().add(t.used) };
-    // SAFETY: as above.
-    unsafe { std::ptr::copy_nonoverlapping(code.as_ptr(), at, ENTRY_THUNK_SIZE) };
-    page.protect(0, page.len(), libc::PROT_READ | libc::PROT_EXEC)
-        .ok()?;
-    t.used += ENTRY_THUNK_SIZE;
-    t.by_target.insert(target, at as usize);
-    Some(at as usize)
+    let base = t.blocks.last().expect("pushed").base() as usize;
+    let i = t.used;
+    // SAFETY: slot `i` of the block's data page (RW), not yet handed out:
+    // no thunk reads it before this function returns its address.
+    unsafe { ((base + page_size() + i * 8) as *mut usize).write(target) };
+    t.used += 1;
+    let thunk = base + i * ENTRY_THUNK_SIZE;
+    t.by_target.insert(target, thunk);
+    Some(thunk)
 }
 
 /// Calls the image's Windows x64 function `target(a, b)` from the host on a
@@ -538,6 +563,7 @@ pub unsafe fn run_on_kernel_stack(stack: &KernelStack, start: usize, context: us
     unsafe { nmr_ih_run_on_stack(start, context, stack.top(), &raw mut saved) };
     SAVED_AT.with(|c| c.set(std::ptr::null_mut()));
     THREAD_SAVED.with(|c| c.set(std::ptr::null_mut()));
+    crate::ntoskrnl::check_thread_end(current_image(), start);
     CURRENT.with(|c| c.set((0, 0, false)));
     // A PsTerminateSystemThread from inside a nested entry left these.
     ENTRIES.with(|e| e.borrow_mut().clear());

@@ -176,6 +176,15 @@ impl ImageReport {
         {
             f.push("no detach returned PENDING although calls were held in flight".into());
         }
+        // Coverage, like PENDING above: the completion of a held call runs
+        // the cleanup callbacks nested on the worker's kernel stack.
+        if config.latency_us != 0 && self.cycles >= 1_000 && self.entries.nested_entries == 0 {
+            f.push(
+                "no callback ran nested under an NMR call on a worker's kernel stack \
+                 (worker -> NPI call -> release -> Nmr*DetachComplete -> cleanup)"
+                    .into(),
+            );
+        }
         f.extend(n.detach_imbalances(n.bindings_made));
         f
     }
@@ -380,6 +389,7 @@ pub fn run(config: &ImageStressConfig, progress: &dyn Fn(u64)) -> Result<ImageRe
         ntoskrnl::trace_lines(),
     );
     let shown0 = ntoskrnl::trace_lines_shown_by_default();
+    let entries0 = crate::stack::entry_stats();
     let calls0 = (
         crate::dispatch::calls_into(PROVIDER_IMAGE),
         crate::dispatch::calls_into(CLIENT_IMAGE),
@@ -522,7 +532,12 @@ pub fn run(config: &ImageStressConfig, progress: &dyn Fn(u64)) -> Result<ImageRe
     };
     report.trace_lines = ntoskrnl::trace_lines() - lines0;
     report.trace_lines_shown_by_default = ntoskrnl::trace_lines_shown_by_default() - shown0;
-    report.entries = crate::stack::entry_stats();
+    let entries1 = crate::stack::entry_stats();
+    report.entries = crate::stack::EntryStats {
+        nested_entries: entries1.nested_entries - entries0.nested_entries,
+        host_entries: entries1.host_entries - entries0.host_entries,
+        ..entries1 // the peaks: the deepest since the process started
+    };
     report.model_path_bytes = crate::stack::model_path_peak();
     report.calls_into_provider = crate::dispatch::calls_into(PROVIDER_IMAGE) - calls0.0;
     report.calls_into_client = crate::dispatch::calls_into(CLIENT_IMAGE) - calls0.1;

@@ -11,8 +11,8 @@ use crate::pe::LoadError;
 const PREFERRED: u64 = 0x1_8000_0000;
 
 /// RVAs of the synthetic image's functions.
-const PROBE: u32 = 0x1000;
-const FAULT: u32 = 0x1010;
+pub(crate) const PROBE: u32 = 0x1000;
+pub(crate) const FAULT: u32 = 0x1010;
 const OVERFLOW: u32 = 0x1020;
 const CALL_IMPORT: u32 = 0x1050;
 
@@ -32,7 +32,7 @@ fn put64(buf: &mut [u8], at: usize, v: u64) {
 /// A PE32+ x64 image: .text (RX), .rdata (R: imports, IAT, exports),
 /// .data (RW: one pointer with a DIR64 relocation), .reloc. It imports
 /// `ntoskrnl.exe!<import>`.
-fn synthetic_image(import: &str) -> Vec<u8> {
+pub(crate) fn synthetic_image(import: &str) -> Vec<u8> {
     // (name, rva, file offset, characteristics)
     let sections: [(&[u8; 8], u32, u32, u32); 4] = [
         (b".text\0\0\0", 0x1000, 0x400, 0x6000_0020),
@@ -161,7 +161,7 @@ fn synthetic_image(import: &str) -> Vec<u8> {
     f
 }
 
-fn load(import: &str) -> Result<Driver, LoadError> {
+pub(crate) fn load(import: &str) -> Result<Driver, LoadError> {
     Driver::load_bytes(
         &synthetic_image(import),
         "synthetic.sys",
@@ -318,7 +318,7 @@ fn stand_ins_equal_the_check_sys_allow_list() {
 
 /// Runs this very test in a child process with `NMR_IH_CHILD=<what>`, and
 /// returns its exit code and stderr.
-fn child(test: &str, what: &str) -> (Option<i32>, String) {
+pub(crate) fn child(test: &str, what: &str) -> (Option<i32>, String) {
     let out = Command::new(std::env::current_exe().unwrap())
         .args(["--exact", test, "--nocapture", "--test-threads", "1"])
         .env("NMR_IH_CHILD", what)
@@ -330,7 +330,7 @@ fn child(test: &str, what: &str) -> (Option<i32>, String) {
     )
 }
 
-fn in_child() -> Option<String> {
+pub(crate) fn in_child() -> Option<String> {
     std::env::var("NMR_IH_CHILD").ok()
 }
 

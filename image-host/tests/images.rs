@@ -50,6 +50,15 @@ fn the_images_pass_a_short_stress_in_every_order_and_delivery() {
         report.threads.stack_peak > 0
             && report.threads.stack_peak < nmr_image_host::KERNEL_STACK_SIZE
     );
+    // DriverEntry and DriverUnload ran on kernel stacks of their own, and
+    // whatever ran nested under an NMR call on a worker stayed within 24 KiB
+    // (the NETIO frames charged).
+    assert!(report.entries.host_entries >= report.loads + report.unloads);
+    assert!(
+        report.entries.host_entry_peak > 0
+            && report.entries.host_entry_peak < nmr_image_host::KERNEL_STACK_SIZE
+    );
+    assert!(report.entries.nested_peak < nmr_image_host::KERNEL_STACK_SIZE);
 }
 
 #[test]

@@ -100,8 +100,8 @@ extern "C" fn on_fault(sig: libc::c_int, info: *mut libc::siginfo_t, context: *m
     if let Some(g) = guard {
         let _ = write!(
             b,
-            "on the guard page of a {} KiB kernel stack of {}: STACK OVERFLOW in a thread \
-             the driver created (Windows: bug check 0x7F UNEXPECTED_KERNEL_MODE_TRAP, double fault)",
+            "on the guard page of a {} KiB kernel stack of {}: STACK OVERFLOW in image code \
+             (Windows: bug check 0x7F UNEXPECTED_KERNEL_MODE_TRAP, double fault)",
             crate::stack::KERNEL_STACK_SIZE / 1024,
             g.name
         );

@@ -675,6 +675,17 @@ struct LockGraph {
 }
 
 static LOCKS: Mutex<Option<LockGraph>> = Mutex::new(None);
+static LOCK_ACQUIRES: AtomicU64 = AtomicU64::new(0);
+static LOCK_NESTED_ACQUIRES: AtomicU64 = AtomicU64::new(0);
+
+/// Spin lock figures: acquires checked, and how many were nested under
+/// another lock (what the order check has to work with).
+pub fn lock_stats() -> (u64, u64) {
+    (
+        LOCK_ACQUIRES.load(Ordering::Relaxed),
+        LOCK_NESTED_ACQUIRES.load(Ordering::Relaxed),
+    )
+}
 
 fn locks<R>(f: impl FnOnce(&mut LockGraph) -> R) -> R {
     let mut g = LOCKS.lock().unwrap_or_else(|e| e.into_inner());
@@ -807,6 +818,10 @@ pub(crate) extern "win64" fn ke_acquire_spin_lock_raise_to_dpc(lock: *mut usize)
     };
     let lock_addr = lock as usize;
     let held = held_locks();
+    LOCK_ACQUIRES.fetch_add(1, Ordering::Relaxed);
+    if !held.is_empty() {
+        LOCK_NESTED_ACQUIRES.fetch_add(1, Ordering::Relaxed);
+    }
     if held.contains(&lock_addr) {
         // Spinning would never end: report and do not spin (Verifier stops here).
         Rule::SelfDeadlock.report(

@@ -102,6 +102,8 @@ pub struct ImageReport {
     pub model_path_bytes: usize,
     /// DbgPrintEx lines Windows shows without a Debug Print Filter.
     pub trace_lines_shown_by_default: u64,
+    /// Spin lock acquires checked, and those nested under another lock.
+    pub lock_acquires: (u64, u64),
     /// DbgPrintEx lines.
     pub trace_lines: u64,
     /// The longest DriverUnload.
@@ -275,6 +277,13 @@ impl ImageReport {
                     self.entries.host_entries
                 ),
             ),
+            (
+                "spin lock acquires checked / nested",
+                format!(
+                    "{} / {} (IRQL, owner, NewIrql and lock order checked at each)",
+                    self.lock_acquires.0, self.lock_acquires.1
+                ),
+            ),
             ("DbgPrintEx lines", self.trace_lines.to_string()),
             (
                 "DbgPrintEx lines shown by default",
@@ -390,6 +399,7 @@ pub fn run(config: &ImageStressConfig, progress: &dyn Fn(u64)) -> Result<ImageRe
     );
     let shown0 = ntoskrnl::trace_lines_shown_by_default();
     let entries0 = crate::stack::entry_stats();
+    let locks0 = ntoskrnl::lock_stats();
     let calls0 = (
         crate::dispatch::calls_into(PROVIDER_IMAGE),
         crate::dispatch::calls_into(CLIENT_IMAGE),
@@ -532,6 +542,8 @@ pub fn run(config: &ImageStressConfig, progress: &dyn Fn(u64)) -> Result<ImageRe
     };
     report.trace_lines = ntoskrnl::trace_lines() - lines0;
     report.trace_lines_shown_by_default = ntoskrnl::trace_lines_shown_by_default() - shown0;
+    let locks1 = ntoskrnl::lock_stats();
+    report.lock_acquires = (locks1.0 - locks0.0, locks1.1 - locks0.1);
     let entries1 = crate::stack::entry_stats();
     report.entries = crate::stack::EntryStats {
         nested_entries: entries1.nested_entries - entries0.nested_entries,

@@ -884,10 +884,18 @@ pub(crate) extern "win64" fn ke_acquire_spin_lock_raise_to_dpc(lock: *mut usize)
 /// Verifier checks (IrqlKeReleaseSpinLock, Deadlock Detection).
 pub(crate) extern "win64" fn ke_release_spin_lock(lock: *mut usize, new_irql: u8) {
     let lock_addr = lock as usize;
-    let image = lock_image(lock_addr);
-    let call = format!("KeReleaseSpinLock({lock_addr:#x}, {})", irql_name(new_irql));
+    // Worded only when something is reported (this is the hot path).
+    let report = |rule: Rule, what: &str| {
+        rule.report(
+            lock_image(lock_addr),
+            &format!(
+                "KeReleaseSpinLock({lock_addr:#x}, {}){what}",
+                irql_name(new_irql)
+            ),
+        )
+    };
     if irql::current() != Irql::Dispatch {
-        Rule::IrqlKeReleaseSpinLock.report(image, &format!("{call} called at PASSIVE_LEVEL"));
+        report(Rule::IrqlKeReleaseSpinLock, " called at PASSIVE_LEVEL");
     }
     let me = THREAD_ID.with(|t| *t);
     let mine = HELD.with(|h| {
@@ -899,18 +907,18 @@ pub(crate) extern "win64" fn ke_release_spin_lock(lock: *mut usize, new_irql: u8
     match mine {
         Some((held, innermost)) => {
             if held.old_irql != new_irql {
-                Rule::IrqlKeReleaseSpinLock.report(
-                    image,
+                report(
+                    Rule::IrqlKeReleaseSpinLock,
                     &format!(
-                        "{call}: NewIrql is not the {} its KeAcquireSpinLock returned",
+                        ": NewIrql is not the {} its KeAcquireSpinLock returned",
                         irql_name(held.old_irql)
                     ),
                 );
             }
             if !innermost {
-                Rule::ReleaseOrder.report(
-                    image,
-                    &format!("{call} while a spin lock acquired after it is still held"),
+                report(
+                    Rule::ReleaseOrder,
+                    " while a spin lock acquired after it is still held",
                 );
             }
             locks(|g| g.owner.remove(&lock_addr));
@@ -922,11 +930,11 @@ pub(crate) extern "win64" fn ke_release_spin_lock(lock: *mut usize, new_irql: u8
                 != 0;
             let owner = locks(|g| g.owner.get(&lock_addr).copied());
             match owner {
-                Some(o) if o != me && taken => Rule::ReleaseWrongThread.report(
-                    image,
-                    &format!("{call} by a thread that did not acquire it"),
+                Some(o) if o != me && taken => report(
+                    Rule::ReleaseWrongThread,
+                    " by a thread that did not acquire it",
                 ),
-                _ => Rule::ReleaseUnacquired.report(image, &format!("{call} of a lock not held")),
+                _ => report(Rule::ReleaseUnacquired, " of a lock not held"),
             }
         }
     }
@@ -935,8 +943,8 @@ pub(crate) extern "win64" fn ke_release_spin_lock(lock: *mut usize, new_irql: u8
     if word.swap(0, Ordering::Release) == 0 && mine.is_some() {
         problems::report(
             Kind::BadCall,
-            image,
-            format!("{call}: the lock word was already 0"),
+            lock_image(lock_addr),
+            format!("KeReleaseSpinLock({lock_addr:#x}): the lock word was already 0"),
         );
     }
     irql::lower(level_to_irql(new_irql));

@@ -95,6 +95,42 @@ pub enum Rule {
     DispatchTableChanged,
 }
 
+impl Rule {
+    /// Every rule (a test checks each has exactly one row).
+    pub const ALL: [Rule; 30] = [
+        Rule::IrqlZwPassive,
+        Rule::IrqlPsPassive,
+        Rule::IrqlKeApcLte1,
+        Rule::IrqlKeReleaseSpinLock,
+        Rule::ReleaseWrongThread,
+        Rule::ReleaseUnacquired,
+        Rule::ReleaseOrder,
+        Rule::SelfDeadlock,
+        Rule::LockHierarchy,
+        Rule::ThreadExitOwnsLock,
+        Rule::ThreadExitRaisedIrql,
+        Rule::ReturnAtOtherIrql,
+        Rule::ReturnHoldingLock,
+        Rule::BlockingWithLockHeld,
+        Rule::PoolZeroBytes,
+        Rule::PoolPagedAtDispatch,
+        Rule::PoolFreePagedAtDispatch,
+        Rule::PoolBadFlags,
+        Rule::PoolTagZero,
+        Rule::PoolTagNoAlnum,
+        Rule::PoolTagNotPrintable,
+        Rule::PoolRaiseOnFailure,
+        Rule::PoolUnderrun,
+        Rule::PoolOverrun,
+        Rule::PoolWrongTag,
+        Rule::DelayNullInterval,
+        Rule::AbsoluteTimeout,
+        Rule::DbgPrintTooLong,
+        Rule::DispatchTableFreed,
+        Rule::DispatchTableChanged,
+    ];
+}
+
 /// One row of the table.
 #[derive(Debug)]
 pub struct Row {
@@ -110,7 +146,7 @@ pub struct Row {
 
 const C4: u32 = 0xC4;
 
-/// The table. One row per [`Rule`], in its order (a test checks).
+/// The table. One row per [`Rule`] (a test checks).
 pub static RULES: &[Row] = &[
     Row {
         rule: Rule::IrqlZwPassive,

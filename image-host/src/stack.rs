@@ -235,8 +235,9 @@ thread_local! {
     static RESUME: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
     /// The entries from the host in progress, innermost last.
     static ENTRIES: RefCell<Vec<Entry>> = const { RefCell::new(Vec::new()) };
-    /// A stack kept for the next entry from the host on this thread.
-    static SPARE: RefCell<Option<KernelStack>> = const { RefCell::new(None) };
+    /// A stack kept for the next entry from the host into the same image on
+    /// this thread (its guard page is registered under that image's name).
+    static SPARE: RefCell<Option<(&'static str, KernelStack)>> = const { RefCell::new(None) };
     /// The alternate signal stack of a thread that entered image code from
     /// the host (a system thread has its own): a stack overflow is reported.
     static ALT: RefCell<Option<crate::fault::AltStack>> = const { RefCell::new(None) };
@@ -365,9 +366,17 @@ extern "win64" fn enter_begin(host_rsp: usize, target: usize) -> usize {
         // Never below the usable stack: the first push then hits the guard page.
         (resume.saturating_sub(NETIO_FRAME_BUDGET) & !15).max(prev_current.0)
     } else {
-        let stack = SPARE
-            .with(|s| s.borrow_mut().take())
-            .map_or_else(|| KernelStack::new(name, image.map_or("?", |i| i.path)), Ok);
+        let spare = SPARE.with(|s| {
+            let mut s = s.borrow_mut();
+            match s.take() {
+                Some((owner, stack)) if owner == name => Some(stack),
+                other => {
+                    *s = other;
+                    None
+                }
+            }
+        });
+        let stack = spare.map_or_else(|| KernelStack::new(name, image.map_or("?", |i| i.path)), Ok);
         match stack {
             Ok(stack) => {
                 ALT.with(|a| {
@@ -427,12 +436,7 @@ extern "win64" fn enter_end() {
     if let Some(stack) = entry.fresh {
         HOST_ENTRY_PEAK.fetch_max(stack.used(), Ordering::Relaxed);
         stack.refill();
-        SPARE.with(|s| {
-            let mut s = s.borrow_mut();
-            if s.is_none() {
-                *s = Some(stack);
-            }
-        });
+        SPARE.with(|s| *s.borrow_mut() = Some((image, stack)));
     }
     SAVED_AT.with(|c| c.set(entry.prev_saved));
     CURRENT.with(|c| c.set(entry.prev_current));

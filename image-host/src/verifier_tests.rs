@@ -53,6 +53,30 @@ fn at_dispatch<R>(f: impl FnOnce() -> R) -> R {
     r
 }
 
+// ------------------------------------------------------------ the table
+
+#[test]
+fn every_rule_has_one_row_with_a_source_and_the_fault_handlers_words_match() {
+    use crate::rules::{self, RULES, Rule};
+    assert_eq!(RULES.len(), Rule::ALL.len());
+    for rule in Rule::ALL {
+        let rows = RULES.iter().filter(|r| r.rule == rule).count();
+        assert_eq!(rows, 1, "{rule:?}");
+        assert!(!rule.row().source.is_empty(), "{rule:?}");
+    }
+    // The fault handler cannot format from the table (no allocation there).
+    assert!(
+        Rule::DispatchTableFreed
+            .text("x")
+            .ends_with(&format!("({})", rules::DISPATCH_FREED_OUTCOME))
+    );
+    assert!(
+        Rule::DispatchTableChanged
+            .text("x")
+            .ends_with(&format!("({})", rules::DISPATCH_CHANGED_OUTCOME))
+    );
+}
+
 // ----------------------------------------------------------- gap 1: IRQL
 
 #[test]

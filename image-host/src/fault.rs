@@ -140,6 +140,13 @@ extern "C" fn on_fault(sig: libc::c_int, info: *mut libc::siginfo_t, context: *m
                 i.preferred + offset
             );
         }
+        None if table.is_some() => {
+            let _ = write!(
+                b,
+                "\n  at {rip:#x}, in the counting thunk of the peer's copy of that table (the \
+                 caller's frames follow)\n"
+            );
+        }
         None => {
             let _ = write!(
                 b,

@@ -505,7 +505,7 @@ pub(crate) extern "win64" fn zw_wait_for_single_object(
     timeout: *mut i64,
 ) -> NTSTATUS {
     if irql::current() != Irql::Passive {
-        Rule::IrqlZwPassive.report(
+        Rule::ZwNotPassive.report(
             stack::current_image(),
             "ZwWaitForSingleObject at DISPATCH_LEVEL",
         );

@@ -33,8 +33,10 @@ pub enum Outcome {
 /// Every rule, named.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Rule {
-    /// `Zw*` routines only at PASSIVE_LEVEL.
+    /// `ZwClose` only at PASSIVE_LEVEL (the DDI compliance rule).
     IrqlZwPassive,
+    /// Any other `Zw*` routine only at PASSIVE_LEVEL (Verifier's own check).
+    ZwNotPassive,
     /// `PsCreateSystemThread` / `PsTerminateSystemThread` only at PASSIVE_LEVEL.
     IrqlPsPassive,
     /// `KeDelayExecutionThread` only at IRQL <= APC_LEVEL.
@@ -97,8 +99,9 @@ pub enum Rule {
 
 impl Rule {
     /// Every rule (a test checks each has exactly one row).
-    pub const ALL: [Rule; 30] = [
+    pub const ALL: [Rule; 31] = [
         Rule::IrqlZwPassive,
+        Rule::ZwNotPassive,
         Rule::IrqlPsPassive,
         Rule::IrqlKeApcLte1,
         Rule::IrqlKeReleaseSpinLock,
@@ -152,7 +155,15 @@ pub static RULES: &[Row] = &[
         rule: Rule::IrqlZwPassive,
         area: "IRQL",
         outcome: Outcome::Verifier(C4, 0x2001F),
-        source: "devtest/wdm-irqlzwpassive: ZwClose, ZwWaitForSingleObject... only at PASSIVE_LEVEL",
+        source: "devtest/wdm-irqlzwpassive: ZwClose (and the Zw registry routines) only at \
+                 PASSIVE_LEVEL",
+    },
+    Row {
+        rule: Rule::ZwNotPassive,
+        area: "IRQL",
+        outcome: Outcome::Verifier(C4, 0xE6),
+        source: "bug check 0xC4 parameter 0xE6: a kernel Zw API not called at PASSIVE_LEVEL; \
+                 nf-wdm-zwwaitforsingleobject: IRQL PASSIVE_LEVEL",
     },
     Row {
         rule: Rule::IrqlPsPassive,

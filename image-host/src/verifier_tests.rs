@@ -90,6 +90,17 @@ fn gap1_zw_close_at_dispatch_is_irql_zw_passive() {
 }
 
 #[test]
+fn gap1_zw_wait_for_single_object_at_dispatch_is_reported() {
+    let _b = bound();
+    let mut zero = 0i64;
+    at_dispatch(|| nt::zw_wait_for_single_object(handle(0x1234), 0, &mut zero));
+    assert_reported(
+        &reports(),
+        "IRQL: ZwWaitForSingleObject at DISPATCH_LEVEL (Verifier 0xC4/0xE6)",
+    );
+}
+
+#[test]
 fn gap1_ps_create_system_thread_at_dispatch_is_irql_ps_passive() {
     let _b = bound();
     let d = load("KeQueryMaximumProcessorCountEx\0").unwrap();

@@ -166,6 +166,7 @@ pub(crate) extern "win64" fn dbg_print_ex(
     format: *const std::ffi::c_char,
     arg: usize,
 ) -> u32 {
+    stack::charge_kernel_frames(stack::DBG_PRINT_FRAME_BUDGET);
     stack::on_host_stack(|| {
         if format.is_null() {
             problems::report(Kind::BadCall, "?", "DbgPrintEx with a null format");

@@ -324,6 +324,31 @@ pub fn model_path_peak() -> usize {
     MODEL_PATH_PEAK.load(Ordering::Relaxed)
 }
 
+/// Bytes of the caller's kernel stack `DbgPrintEx` is charged with: Windows
+/// formats the message on the caller's stack, and `nf-wdm-dbgprintex` says
+/// a message is at most 512 bytes; 1 KiB is that buffer and a few frames
+/// (a chosen figure, as for [`NETIO_FRAME_BUDGET`]).
+pub const DBG_PRINT_FRAME_BUDGET: usize = 1024;
+
+/// Charges `bytes` of the current kernel stack below the caller, for the
+/// frames the real kernel routine would have there (the stand-in runs its
+/// own code elsewhere): marks the deepest byte as used, or, if the stack
+/// has not that much left, touches its guard page (a named stack overflow).
+/// Nothing off a kernel stack.
+pub fn charge_kernel_frames(bytes: usize) {
+    if !on_kernel_stack() {
+        return;
+    }
+    let (lo, _, _) = CURRENT.with(Cell::get);
+    let here = 0u8;
+    let deepest = (&raw const here as usize).saturating_sub(bytes);
+    let at = if deepest < lo { lo - 8 } else { deepest };
+    // SAFETY: `at` is free stack below this frame (nothing lives below the
+    // stack pointer: signals run on the alternate stack) or the guard page
+    // just below the stack, whose touch faults into the fault handler.
+    unsafe { std::ptr::write_volatile(at as *mut u8, 0) };
+}
+
 /// Every entry into image code passes here first, on the thread that will
 /// run it (a system thread at its start, any other entry from the host):
 /// the place for per-thread set-up that image code relies on.

@@ -721,3 +721,29 @@ fn gap1_a_routine_the_system_calls_returning_raised_and_holding_a_lock_is_report
     assert_reported(&r, "returned at DISPATCH_LEVEL, called at PASSIVE_LEVEL");
     assert_reported(&r, "returned holding spin lock(s)");
 }
+
+/// A start routine that prints one trace line.
+extern "win64" fn print_one_line(_: usize) {
+    nt::dbg_print_ex(80, 0, c"%s".as_ptr(), c"one line".as_ptr() as usize);
+}
+
+#[test]
+fn gap3_dbg_print_ex_is_charged_its_frames_on_the_callers_kernel_stack() {
+    let _b = bound();
+    let used = std::thread::spawn(|| {
+        let stack = crate::stack::KernelStack::new("verifier.sys", "verifier.sys").unwrap();
+        // SAFETY: a Windows x64 function taking one pointer.
+        unsafe {
+            crate::stack::run_on_kernel_stack(&stack, print_one_line as *const () as usize, 0)
+        };
+        stack.used()
+    })
+    .join()
+    .unwrap();
+    println!("a DbgPrintEx from a system thread used {used} bytes of its kernel stack");
+    assert!(
+        used >= 1024,
+        "DbgPrintEx used {used} bytes of the caller's kernel stack: Windows formats its \
+         512-byte message there"
+    );
+}

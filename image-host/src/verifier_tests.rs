@@ -747,3 +747,47 @@ fn gap3_dbg_print_ex_is_charged_its_frames_on_the_callers_kernel_stack() {
          512-byte message there"
     );
 }
+
+#[test]
+fn gap7_a_positive_wait_timeout_is_an_absolute_time() {
+    let _b = bound();
+    let d = load("KeQueryMaximumProcessorCountEx\0").unwrap();
+    let mut h: *mut c_void = std::ptr::null_mut();
+    let status = nt::ps_create_system_thread(
+        &mut h,
+        0,
+        std::ptr::null_mut(),
+        std::ptr::null_mut(),
+        std::ptr::null_mut(),
+        d.image().base() + PROBE as usize,
+        0,
+    );
+    assert_eq!(status, 0);
+    let mut timeout = 100_000_000i64; // meant: 10 s relative
+    let waited = nt::zw_wait_for_single_object(h, 0, &mut timeout);
+    // The thread may not have ended: an absolute time in 1601 is past.
+    nt::zw_wait_for_single_object(h, 0, std::ptr::null_mut());
+    nt::zw_close(h);
+    assert!(waited == 0 || waited == 0x102, "{waited:#x}");
+    assert_reported(
+        &reports(),
+        "wait: ZwWaitForSingleObject with a positive interval 100000000 (an absolute time,",
+    );
+}
+
+#[test]
+fn gap9_only_error_level_lines_are_shown_by_windows_default_filter() {
+    let _b = bound();
+    let (shown, all) = (nt::trace_lines_shown_by_default(), nt::trace_lines());
+    for level in [0u32, 1, 2, 3] {
+        nt::dbg_print_ex(80, level, c"%s".as_ptr(), c"a line".as_ptr() as usize);
+    }
+    assert_eq!(nt::trace_lines() - all, 4);
+    assert_eq!(
+        nt::trace_lines_shown_by_default() - shown,
+        1,
+        "DPFLTR_ERROR_LEVEL only"
+    );
+    assert!(nt::shown_by_default(0) && !nt::shown_by_default(3));
+    assert!(nt::shown_by_default(0x8000_0001) && !nt::shown_by_default(0x8000_0000));
+}

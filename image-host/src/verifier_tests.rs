@@ -791,3 +791,26 @@ fn gap9_only_error_level_lines_are_shown_by_windows_default_filter() {
     assert!(nt::shown_by_default(0) && !nt::shown_by_default(3));
     assert!(nt::shown_by_default(0x8000_0001) && !nt::shown_by_default(0x8000_0000));
 }
+
+#[test]
+fn gap2_nested_locks_released_out_of_order_and_a_lock_taken_twice() {
+    let _b = bound();
+    let (mut a, mut b) = (0usize, 0usize);
+    let oa = nt::ke_acquire_spin_lock_raise_to_dpc(&mut a);
+    let ob = nt::ke_acquire_spin_lock_raise_to_dpc(&mut b);
+    nt::ke_release_spin_lock(&mut a, ob); // b is still held: out of order
+    nt::ke_release_spin_lock(&mut b, oa);
+    let mut c = 0usize;
+    let oc = nt::ke_acquire_spin_lock_raise_to_dpc(&mut c);
+    // Taken again by its holder: reported, not spun on (it would never end).
+    let inner = nt::ke_acquire_spin_lock_raise_to_dpc(&mut c);
+    nt::ke_release_spin_lock(&mut c, inner);
+    nt::ke_release_spin_lock(&mut c, oc);
+    irql::lower(Irql::Passive);
+    let r = reports();
+    assert_reported(
+        &r,
+        "while a spin lock acquired after it is still held (Verifier 0xC4/0x1003)",
+    );
+    assert_reported(&r, "by the thread that holds it (Verifier 0xC4/0x1000)");
+}

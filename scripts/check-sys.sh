@@ -8,7 +8,10 @@
 #   only export and the entry point; imports only from ntoskrnl.exe and
 #   NETIO.SYS, none delay-loaded or by ordinal, every ntoskrnl.exe import on
 #   the allow-list, the NMR imports exactly those the driver needs; the
-#   CodeView entry names <driver>.pdb; the stamped <driver>.inf beside it has
+#   CodeView entry names <driver>.pdb; Control Flow Guard (GUARD_CF, a load
+#   configuration with the CFG pointers and flags, a guard function table
+#   covering every function the image hands out) and the CET-compatible flag;
+#   the stamped <driver>.inf beside it has
 #   no [DefaultUninstall] or DelService (a primitive driver under infverif /w)
 #   and offers the package only to the Windows builds that export every
 #   kernel function the image imports (NTamd64.10.0...19041: ExAllocatePool2).

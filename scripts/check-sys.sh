@@ -20,7 +20,8 @@
 # llvm-tools`) and python3; installs the pefile package into target/sys-tools/
 # on first use (pip --target: no venv, nothing system-wide).
 #
-# Environment: LLVM_READOBJ=/path/to/llvm-readobj to pick one.
+# Environment: LLVM_READOBJ=/path/to/llvm-readobj, LLVM_OBJDUMP=/path/to/llvm-objdump
+# to pick them.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -57,6 +58,16 @@ if ! readobj=$(find_readobj); then
     exit 1
 fi
 export LLVM_READOBJ=$readobj
+# llvm-objdump (the CFG instrumentation check): $LLVM_OBJDUMP, or the one
+# beside the llvm-readobj found (same package, same version suffix).
+if [[ -z ${LLVM_OBJDUMP:-} ]]; then
+    LLVM_OBJDUMP=$(dirname "$readobj")/$(basename "$readobj" | sed 's/readobj/objdump/')
+fi
+if ! command -v "$LLVM_OBJDUMP" >/dev/null; then
+    echo "check-sys: llvm-objdump not found beside $readobj (set LLVM_OBJDUMP)" >&2
+    exit 1
+fi
+export LLVM_OBJDUMP
 
 if ! command -v python3 >/dev/null; then
     echo "check-sys: python3 not found (apt-get install python3)" >&2

@@ -310,6 +310,7 @@ def check_file(path: str, readobj_bin: str) -> bool:
         )
 
         check_cfg_cet(r, tree, pe, path, stem)
+        check_instrumented(r, pe, path)
     finally:
         pe.close()
 
@@ -505,6 +506,101 @@ def check_cfg_cet(r: "Report", tree: Node, pe, path: str, stem: str) -> None:
         cet_ro and cet_pe,
         "CET compatible (IMAGE_DLLCHARACTERISTICS_EX_CET_COMPAT)",
         f"llvm-readobj: {'yes' if cet_ro else 'no'}, pefile: {'yes' if cet_pe else 'no'}",
+    )
+
+
+INSN = re.compile(r"^\s*(?P<addr>[0-9a-f]+):\s+(?P<op>\S+)\s*(?P<args>.*)$")
+RIP_TARGET = re.compile(r"# (0x[0-9a-f]+)")
+REGISTER = re.compile(r"^r[a-z0-9]+$")
+
+
+def check_instrumented(r: "Report", pe, path: str) -> None:
+    """Every indirect call or jump through a function pointer goes through the
+    CFG dispatch pointer: what -C control-flow-guard does, which the linker's
+    /guard:cf alone does not (it marks the image GUARD_CF and lists every
+    relocated function of an uninstrumented object, and the checks above then
+    pass). From llvm-objdump's disassembly of the image: an indirect `call` or
+    `jmp` is fine when it reads the dispatch slot (`__guard_dispatch_icall_fptr`,
+    whose VA the load configuration gives) or an import address table slot
+    (read-only, as MSVC leaves them), or when its register was last written
+    from one of those, or by a switch's jump table (`movsxd reg, [table +
+    4*index]; add reg, table`: read-only, bounds-checked, which MSVC does not
+    guard either); and the no-op dispatch routine's own `jmp rax`. Any other
+    is an unchecked indirect branch."""
+    lc = getattr(pe, "DIRECTORY_ENTRY_LOAD_CONFIG", None)
+    dispatch = lc.struct.GuardCFDispatchFunctionPointer if lc else 0
+    iat_dir = pe.OPTIONAL_HEADER.DATA_DIRECTORY[pefile.DIRECTORY_ENTRY["IMAGE_DIRECTORY_ENTRY_IAT"]]
+    iat = range(
+        pe.OPTIONAL_HEADER.ImageBase + iat_dir.VirtualAddress,
+        pe.OPTIONAL_HEADER.ImageBase + iat_dir.VirtualAddress + iat_dir.Size,
+    )
+    nop_dispatch = None
+    if dispatch:
+        try:
+            nop_dispatch = pe.get_qword_at_rva(dispatch - pe.OPTIONAL_HEADER.ImageBase)
+        except pefile.PEFormatError:
+            nop_dispatch = None
+    objdump = os.environ.get("LLVM_OBJDUMP", "llvm-objdump")
+    try:
+        out = subprocess.run(
+            [objdump, "-d", "--no-show-raw-insn", "-M", "intel", path],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+    except (OSError, subprocess.CalledProcessError) as e:
+        r.check(False, "every indirect call goes through the CFG dispatch", f"{objdump}: {e}")
+        return
+    insns = [(int(m["addr"], 16), m["op"], m["args"]) for line in out.splitlines() if (m := INSN.match(line))]
+
+    def source(va: int | None) -> str | None:
+        if va is None:
+            return None
+        if dispatch and va == dispatch:
+            return "dispatch"
+        if va in iat:
+            return "import"
+        return None
+
+    counts = {"dispatch": 0, "import": 0, "jump table": 0, "no-op dispatch": 0}
+    unchecked = []
+    for i, (addr, op, args) in enumerate(insns):
+        if op not in ("call", "jmp") or args.startswith("0x"):
+            continue
+        kind = None
+        if args.startswith("qword ptr [rip"):
+            m = RIP_TARGET.search(args)
+            kind = source(int(m[1], 16) if m else None)
+        elif REGISTER.match(args):
+            if addr == nop_dispatch:
+                kind = "no-op dispatch"
+            else:
+                # The last instruction before this one that wrote the register.
+                for j in range(i - 1, max(-1, i - 64), -1):
+                    _, op2, args2 = insns[j]
+                    if not args2.startswith(args + ","):
+                        continue
+                    if op2 == "mov":
+                        m = RIP_TARGET.search(args2)
+                        kind = source(int(m[1], 16) if m else None) if "[rip" in args2 else None
+                    elif op2 == "add" and j > 0 and insns[j - 1][1] == "movsxd" and insns[j - 1][2].startswith(args + ", dword ptr ["):
+                        kind = "jump table"
+                    break
+        if kind is None:
+            unchecked.append(f"{addr:#x}: {op} {args.split('#')[0].strip()}")
+        else:
+            counts[kind] += 1
+    detail = (
+        f"{counts['dispatch']} through __guard_dispatch_icall_fptr, {counts['import']} through the "
+        f"import address table, {counts['jump table']} switch jump tables, {counts['no-op dispatch']} no-op dispatch"
+    )
+    if unchecked:
+        shown = ", ".join(unchecked[:8]) + (f" and {len(unchecked) - 8} more" if len(unchecked) > 8 else "")
+        detail = f"{len(unchecked)} UNCHECKED indirect calls/jumps: {shown} (besides {detail})"
+    r.check(
+        not unchecked and counts["dispatch"] > 0,
+        "every indirect call goes through the CFG dispatch (compiled with -C control-flow-guard)",
+        detail,
     )
 
 

@@ -10,10 +10,10 @@
 //! `KERNEL_SECURITY_CHECK_FAILURE`, parameter 1 = 10,
 //! `FAST_FAIL_GUARD_ICALL_CHECK_FAILURE`.
 //!
-//! Here the loader ([`install`], called by `pe.rs` while the image is still
+//! Here the loader (`install`, called by `pe.rs` while the image is still
 //! writable) writes the host's two routines into the slots the load
 //! configuration names, and each image's table is registered while it is
-//! mapped ([`register`], by `driver.rs`). A target is valid when:
+//! mapped (`register`, by `driver.rs`). A target is valid when:
 //!
 //! - it lies in an image with a guard table and is exactly one of its
 //!   entries (the kernel's bitmap has 16-byte granularity: it would also take

@@ -537,79 +537,71 @@ fn stop(target: usize, forwarded_to: Option<usize>, return_address: usize) -> ! 
 //   (LLVM's CFGuard_Check convention).
 // Each saves RAX, RCX, RDX, R8-R11 and XMM0-XMM5 (the registers a Windows
 // x64 function may change), calls `validate` (a Windows x64 function, which
-// keeps the others), and restores them. 7 pushes and 128 bytes keep RSP
-// 16-aligned at the call, with the 32-byte home area `validate` may use.
+// keeps the others), and restores them.
+/// Saves what a Windows x64 function may change, and makes room for the
+/// call: 7 pushes and 128 bytes (RSP 16-aligned again, a 32-byte home area,
+/// XMM0-XMM5 at +32). The caller's return address is then at RSP + 184.
+macro_rules! save_volatile {
+    () => {
+        concat!(
+            "push rax\n",
+            "push rcx\n",
+            "push rdx\n",
+            "push r8\n",
+            "push r9\n",
+            "push r10\n",
+            "push r11\n",
+            "sub rsp, 128\n",
+            "movdqu [rsp + 32], xmm0\n",
+            "movdqu [rsp + 48], xmm1\n",
+            "movdqu [rsp + 64], xmm2\n",
+            "movdqu [rsp + 80], xmm3\n",
+            "movdqu [rsp + 96], xmm4\n",
+            "movdqu [rsp + 112], xmm5\n",
+            "mov rdx, [rsp + 184]\n",
+        )
+    };
+}
+
+/// Undoes `save_volatile!`.
+macro_rules! restore_volatile {
+    () => {
+        concat!(
+            "movdqu xmm0, [rsp + 32]\n",
+            "movdqu xmm1, [rsp + 48]\n",
+            "movdqu xmm2, [rsp + 64]\n",
+            "movdqu xmm3, [rsp + 80]\n",
+            "movdqu xmm4, [rsp + 96]\n",
+            "movdqu xmm5, [rsp + 112]\n",
+            "add rsp, 128\n",
+            "pop r11\n",
+            "pop r10\n",
+            "pop r9\n",
+            "pop r8\n",
+            "pop rdx\n",
+            "pop rcx\n",
+            "pop rax\n",
+        )
+    };
+}
+
 core::arch::global_asm!(
     ".text",
     ".p2align 4",
     ".globl nmr_ih_cfg_dispatch",
     "nmr_ih_cfg_dispatch:",
-    "    push rax",
-    "    push rcx",
-    "    push rdx",
-    "    push r8",
-    "    push r9",
-    "    push r10",
-    "    push r11",
-    "    sub rsp, 128",
-    "    movdqu [rsp + 32], xmm0",
-    "    movdqu [rsp + 48], xmm1",
-    "    movdqu [rsp + 64], xmm2",
-    "    movdqu [rsp + 80], xmm3",
-    "    movdqu [rsp + 96], xmm4",
-    "    movdqu [rsp + 112], xmm5",
-    "    mov rcx, rax",
-    "    mov rdx, [rsp + 184]", // the return address (128 + 7 * 8)
-    "    call {validate}",
-    "    movdqu xmm0, [rsp + 32]",
-    "    movdqu xmm1, [rsp + 48]",
-    "    movdqu xmm2, [rsp + 64]",
-    "    movdqu xmm3, [rsp + 80]",
-    "    movdqu xmm4, [rsp + 96]",
-    "    movdqu xmm5, [rsp + 112]",
-    "    add rsp, 128",
-    "    pop r11",
-    "    pop r10",
-    "    pop r9",
-    "    pop r8",
-    "    pop rdx",
-    "    pop rcx",
-    "    pop rax",
-    "    jmp rax",
+    save_volatile!(), // RDX = the return address
+    "mov rcx, rax",   // the target
+    "call {validate}",
+    restore_volatile!(),
+    "jmp rax",
     ".p2align 4",
     ".globl nmr_ih_cfg_check",
     "nmr_ih_cfg_check:",
-    "    push rax",
-    "    push rcx",
-    "    push rdx",
-    "    push r8",
-    "    push r9",
-    "    push r10",
-    "    push r11",
-    "    sub rsp, 128",
-    "    movdqu [rsp + 32], xmm0",
-    "    movdqu [rsp + 48], xmm1",
-    "    movdqu [rsp + 64], xmm2",
-    "    movdqu [rsp + 80], xmm3",
-    "    movdqu [rsp + 96], xmm4",
-    "    movdqu [rsp + 112], xmm5",
-    "    mov rdx, [rsp + 184]",
-    "    call {validate}",
-    "    movdqu xmm0, [rsp + 32]",
-    "    movdqu xmm1, [rsp + 48]",
-    "    movdqu xmm2, [rsp + 64]",
-    "    movdqu xmm3, [rsp + 80]",
-    "    movdqu xmm4, [rsp + 96]",
-    "    movdqu xmm5, [rsp + 112]",
-    "    add rsp, 128",
-    "    pop r11",
-    "    pop r10",
-    "    pop r9",
-    "    pop r8",
-    "    pop rdx",
-    "    pop rcx",
-    "    pop rax",
-    "    ret",
+    save_volatile!(), // RCX: the target already
+    "call {validate}",
+    restore_volatile!(),
+    "ret",
     validate = sym validate,
 );
 

@@ -654,3 +654,38 @@ pub(crate) fn table_entry(image: &str, function: usize) -> usize {
         function
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_target_is_valid_exactly_at_a_table_entry_or_anywhere_in_an_image_without_cfg() {
+        static TABLE: [u32; 3] = [0x1000, 0x1040, 0x2000];
+        // Address ranges no real mapping uses (the checks only compare).
+        let (guarded, plain) = (0x7e00_0000_0000_usize, 0x7e00_1000_0000_usize);
+        let _g = register(guarded, 0x10000, Guard::Table(&TABLE)).unwrap();
+        let _p = register(plain, 0x10000, Guard::Unguarded).unwrap();
+        assert_eq!(image_allows(guarded + 0x1040), Some(true));
+        assert_eq!(image_allows(guarded + 0x1044), Some(false), "mid-function");
+        assert_eq!(image_allows(guarded + 0x0fff), Some(false));
+        assert_eq!(image_allows(plain + 0x1234), Some(true));
+        assert_eq!(image_allows(guarded + 0x10000), None, "past the image");
+    }
+
+    #[test]
+    fn a_forwarding_thunk_is_seen_through_only_at_a_thunk_start() {
+        // A fake page: thunks of 32 bytes from offset 256, the destination
+        // at offset 16 of each.
+        let mut page = vec![0u8; 4096];
+        page[256 + 16..256 + 24].copy_from_slice(&0x1234_5678_usize.to_le_bytes());
+        page[288 + 16..288 + 24].copy_from_slice(&0x9abc_def0_usize.to_le_bytes());
+        let base = page.as_ptr() as usize;
+        let _f = register_forwarders(base, page.len(), 256, 32, 16);
+        assert_eq!(forwarded(base + 256), Some(Ok(0x1234_5678)));
+        assert_eq!(forwarded(base + 288), Some(Ok(0x9abc_def0)));
+        assert_eq!(forwarded(base + 260), Some(Err(())), "inside a thunk");
+        assert_eq!(forwarded(base + 8), Some(Err(())), "the table copy itself");
+        assert_eq!(forwarded(base + 4096), None);
+    }
+}

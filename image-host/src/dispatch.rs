@@ -1,8 +1,9 @@
 //! Counting the NPI calls between the images. The real NMR never sees them;
 //! the host does, by handing each side a copy of the peer's dispatch table
 //! whose function pointers go through a counting thunk (`lock inc`, then
-//! the function pointer read from the owner's own table at each call, then
-//! a jump to it: arguments, convention and return untouched). Reading the
+//! the function pointer read from the owner's own table at each call and
+//! compared with the one seen at attach, then a jump to the function:
+//! arguments, convention and return untouched). Reading the
 //! owner's table at each call keeps Windows' semantics: when the owner frees
 //! its table (pool, no-access in quarantine) while the peer can still call,
 //! the call faults, and the fault names the table
@@ -21,6 +22,11 @@ use crate::registry::{self, Registered};
 /// The largest table copied (ours are 16 and 24 bytes).
 const MAX_TABLE: usize = 256;
 const THUNK_SIZE: usize = 64;
+/// Where a thunk holds the address it jumps to (the imm64 of its `mov rax,
+/// destination`, what the CFG checks see through): after `mov rax, &calls`
+/// (10 bytes), `lock inc` (4), `mov rax, &slot` (10), `mov rax, [rax]` (3),
+/// `mov r11, imm64` (10), `cmp rax, r11` (3), `jne` (2) and `mov rax,` (2).
+const THUNK_DESTINATION_AT: usize = 44;
 
 struct Wrapped {
     image_base: usize,
@@ -28,6 +34,8 @@ struct Wrapped {
     content: Vec<u8>,
     pages: Pages,
     _named: Option<Registered>,
+    /// The thunks, seen through by the CFG checks (cfg.rs).
+    _forwarders: crate::cfg::Registered,
 }
 
 static TABLES: Mutex<Vec<Wrapped>> = Mutex::new(Vec::new());
@@ -98,6 +106,9 @@ pub(crate) fn wrap(table: *const std::ffi::c_void) -> *const std::ffi::c_void {
         if registry::image_at(target).is_none_or(|i| i.base != image.base) {
             continue; // not a function of this image: left as is
         }
+        // What the call goes to: the function itself (a CFG test may
+        // misdirect it, cfg.rs).
+        let destination = crate::cfg::table_entry(image.name, target);
         let mut code = Vec::with_capacity(THUNK_SIZE);
         code.extend_from_slice(&[0x48, 0xB8]); // mov rax, &calls
         code.extend_from_slice(&(calls as *const AtomicU64 as u64).to_le_bytes());
@@ -105,10 +116,13 @@ pub(crate) fn wrap(table: *const std::ffi::c_void) -> *const std::ffi::c_void {
         code.extend_from_slice(&[0x48, 0xB8]); // mov rax, &owner's slot
         code.extend_from_slice(&((addr + offset) as u64).to_le_bytes());
         code.extend_from_slice(&[0x48, 0x8B, 0x00]); // mov rax, [rax]: faults if freed
-        code.extend_from_slice(&[0x49, 0xBB]); // mov r11, target (at attach)
+        code.extend_from_slice(&[0x49, 0xBB]); // mov r11, the slot at attach
         code.extend_from_slice(&(target as u64).to_le_bytes());
         code.extend_from_slice(&[0x4C, 0x39, 0xD8]); // cmp rax, r11
-        code.extend_from_slice(&[0x75, 0x02]); // jne changed
+        code.extend_from_slice(&[0x75, 0x0C]); // jne changed
+        code.extend_from_slice(&[0x48, 0xB8]); // mov rax, destination
+        debug_assert_eq!(code.len(), THUNK_DESTINATION_AT);
+        code.extend_from_slice(&(destination as u64).to_le_bytes());
         code.extend_from_slice(&[0xFF, 0xE0]); // jmp rax
         code.extend_from_slice(&[0x0F, 0x0B]); // changed: ud2
         code.resize(THUNK_SIZE, 0xCC);
@@ -134,12 +148,20 @@ pub(crate) fn wrap(table: *const std::ffi::c_void) -> *const std::ffi::c_void {
         crate::pool::owner_of(addr).unwrap_or(image.name),
         image.path,
     );
+    let forwarders = crate::cfg::register_forwarders(
+        base as usize,
+        pages.len(),
+        MAX_TABLE,
+        THUNK_SIZE,
+        THUNK_DESTINATION_AT,
+    );
     tables.push(Wrapped {
         image_base: image.base,
         original: addr,
         content: bytes,
         pages,
         _named: named,
+        _forwarders: forwarders,
     });
     wrapped
 }

@@ -108,9 +108,7 @@ fn run(args: &[String]) -> Result<()> {
                 match arg.as_str() {
                     "--unsigned" => sign = false,
                     other => {
-                        return Err(Error::usage(format!(
-                            "package: unknown argument '{other}'"
-                        )));
+                        return Err(Error::usage(format!("package: unknown argument '{other}'")));
                     }
                 }
             }

@@ -24,11 +24,6 @@ pub fn find(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// `name` on the PATH, or an error saying what to install.
-pub fn require(name: &str, install: &str) -> Result<PathBuf> {
-    find(name).ok_or_else(|| Error::with_fix(format!("{name} not found on the PATH"), install))
-}
-
 /// Describes a command for messages: `program arg arg ...`.
 pub fn describe(cmd: &Command) -> String {
     let mut s = cmd.get_program().to_string_lossy().into_owned();

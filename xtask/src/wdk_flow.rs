@@ -148,9 +148,9 @@ impl Flow {
                 ));
             }
         };
-        let wdk_makefile = wdk_makefile_text.parse::<toml::Table>().map_err(|e| {
-            Error::new(format!("wdk-build's rust-driver-makefile.toml: {e}"))
-        })?;
+        let wdk_makefile = wdk_makefile_text
+            .parse::<toml::Table>()
+            .map_err(|e| Error::new(format!("wdk-build's rust-driver-makefile.toml: {e}")))?;
         let members_ids: BTreeSet<&str> = meta["workspace_members"]
             .as_array()
             .map(|a| a.iter().filter_map(Value::as_str).collect())
@@ -177,7 +177,12 @@ impl Flow {
                     lib_name: lib.and_then(|t| t["name"].as_str()).map(str::to_owned),
                     lib_kinds: lib
                         .and_then(|t| t["kind"].as_array())
-                        .map(|k| k.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+                        .map(|k| {
+                            k.iter()
+                                .filter_map(Value::as_str)
+                                .map(str::to_owned)
+                                .collect()
+                        })
                         .unwrap_or_default(),
                     features: p["features"]
                         .as_object()
@@ -211,7 +216,10 @@ fn registry_source(root: &Path) -> Result<Option<PathBuf>> {
         .get("workspace")
         .and_then(|w| w.get("dependencies"))
         .and_then(|d| d.get("wdk-build"))
-        .and_then(|d| d.as_str().or_else(|| d.get("version").and_then(|v| v.as_str())))
+        .and_then(|d| {
+            d.as_str()
+                .or_else(|| d.get("version").and_then(|v| v.as_str()))
+        })
     else {
         return Ok(None);
     };
@@ -272,6 +280,15 @@ fn load_script(makefile: &toml::Table) -> (Option<String>, Option<String>) {
             .collect::<String>()
     });
     (req, call)
+}
+
+/// Whether `text` holds `word` with no identifier character around it.
+fn contains_word(text: &str, word: &str) -> bool {
+    let ident = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+    text.match_indices(word).any(|(at, _)| {
+        !text[..at].chars().next_back().is_some_and(ident)
+            && !text[at + word.len()..].chars().next().is_some_and(ident)
+    })
 }
 
 /// `pub fn NAME` in a Rust source.
@@ -360,7 +377,10 @@ fn fs_name(package: &str) -> String {
 /// The workspace's `[workspace.dependencies]` wdk-build requirement.
 fn workspace_requirement(root: &Path) -> Option<String> {
     let manifest = parse_toml(&root.join("Cargo.toml")).ok()?;
-    let dep = manifest.get("workspace")?.get("dependencies")?.get("wdk-build")?;
+    let dep = manifest
+        .get("workspace")?
+        .get("dependencies")?
+        .get("wdk-build")?;
     dep.as_str()
         .or_else(|| dep.get("version")?.as_str())
         .map(str::to_owned)
@@ -378,8 +398,8 @@ pub fn run_checks(flow: &Flow, r: &mut Report) {
         "the load script calls a function of wdk-build's cargo_make.rs",
         format!("wdk_build::cargo_make::{call}()"),
     );
-    let zero_one_many = cm.contains("NoWdkBuildCrateDetected")
-        && cm.contains("MultipleWdkBuildCratesDetected");
+    let zero_one_many =
+        cm.contains("NoWdkBuildCrateDetected") && cm.contains("MultipleWdkBuildCratesDetected");
     r.check(
         zero_one_many,
         "cargo_make.rs requires exactly one wdk-build in `cargo metadata` (NoWdkBuildCrateDetected / MultipleWdkBuildCratesDetected)",
@@ -462,7 +482,7 @@ pub fn run_checks(flow: &Flow, r: &mut Report) {
         .map(|n| format!("target/{n}"))
         .unwrap_or_default();
     r.check(
-        symlinks_into_target && extends.iter().any(|e| *e == wanted),
+        symlinks_into_target && extends.contains(&wanted),
         "`extend` names the file load_rust_driver_makefile() symlinks (<workspace>/target/RUST_DRIVER_MAKEFILE_NAME)",
         format!("extend {}; wdk-build writes {wanted}", list(&extends)),
     );
@@ -493,11 +513,19 @@ pub fn run_checks(flow: &Flow, r: &mut Report) {
         list(&configs),
     );
     let driver_types = ["WDM", "KMDF", "UMDF"];
-    let stampinf = flow.wdk_makefile.get("tasks").and_then(|t| t.get("stampinf"));
+    let stampinf = flow
+        .wdk_makefile
+        .get("tasks")
+        .and_then(|t| t.get("stampinf"));
     let stampinf_args: Vec<String> = stampinf
         .and_then(|t| t.get("args"))
         .and_then(|a| a.as_array())
-        .map(|a| a.iter().filter_map(|v| v.as_str()).map(str::to_owned).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str())
+                .map(str::to_owned)
+                .collect()
+        })
         .unwrap_or_default();
     let build_mapping: BTreeMap<String, String> = tasks(&flow.makefile)
         .get("build")
@@ -526,9 +554,11 @@ pub fn run_checks(flow: &Flow, r: &mut Report) {
             format!("{}", p.wdk_metadata),
         );
         r.check(
-            p.lib_kinds.iter().any(|k| k == "cdylib")
-                && cm.contains("TargetKind::CDyLib"),
-            &format!("{}: a cdylib target (package_driver_flow_condition_script)", p.name),
+            p.lib_kinds.iter().any(|k| k == "cdylib") && cm.contains("TargetKind::CDyLib"),
+            &format!(
+                "{}: a cdylib target (package_driver_flow_condition_script)",
+                p.name
+            ),
             format!("lib kinds: {}", list(&p.lib_kinds)),
         );
         let dll = flow.wdk_makefile_text.contains("\"{}.dll\"")
@@ -600,17 +630,26 @@ pub fn run_checks(flow: &Flow, r: &mut Report) {
             build_rs.contains("wdk_build::configure_wdk_binary_build()")
                 && has_pub_fn(&flow.lib_rs, "configure_wdk_binary_build")
                 && build_rs.contains("feature = \"wdk\""),
-            &format!("{}: build.rs calls wdk_build::configure_wdk_binary_build() under feature `wdk`", p.name),
+            &format!(
+                "{}: build.rs calls wdk_build::configure_wdk_binary_build() under feature `wdk`",
+                p.name
+            ),
             "lib.rs has pub fn configure_wdk_binary_build",
         );
         r.check(
             p.features.contains("wdk")
                 && build_mapping.get(&p.name).map(String::as_str) == Some("--features=wdk"),
-            &format!("{}: Makefile.toml's build task turns on its `wdk` feature", p.name),
+            &format!(
+                "{}: Makefile.toml's build task turns on its `wdk` feature",
+                p.name
+            ),
             format!(
                 "mapping {} -> {}",
                 p.name,
-                build_mapping.get(&p.name).map(String::as_str).unwrap_or("(none)")
+                build_mapping
+                    .get(&p.name)
+                    .map(String::as_str)
+                    .unwrap_or("(none)")
             ),
         );
     }
@@ -630,7 +669,8 @@ pub fn run_checks(flow: &Flow, r: &mut Report) {
     let package_dir = cm.contains("format!(\"{}_package\", get_current_package_name())");
     let cert = flow.wdk_makefile_text.contains("WDRLocalTestCert.cer");
     let docs = std::fs::read_to_string(flow.root.join("docs/windows.md")).unwrap_or_default();
-    let install = std::fs::read_to_string(flow.root.join("scripts/install.ps1")).unwrap_or_default();
+    let install =
+        std::fs::read_to_string(flow.root.join("scripts/install.ps1")).unwrap_or_default();
     let names_ok = drivers
         .iter()
         .all(|p| docs.contains(&format!("{}_package", fs_name(&p.name))))
@@ -654,7 +694,10 @@ pub fn run_checks(flow: &Flow, r: &mut Report) {
                 k.contains("windows")
                     && v.get("rustflags")
                         .and_then(|f| f.as_array())
-                        .is_some_and(|f| f.iter().any(|x| x.as_str() == Some("target-feature=+crt-static")))
+                        .is_some_and(|f| {
+                            f.iter()
+                                .any(|x| x.as_str() == Some("target-feature=+crt-static"))
+                        })
             })
         });
     r.check(
@@ -673,7 +716,11 @@ pub fn run_checks(flow: &Flow, r: &mut Report) {
             r.check(
                 !clash,
                 &format!("task {name} (ours, category Host) does not replace one of wdk-build's"),
-                if clash { "wdk-build defines it too" } else { "not in wdk-build's makefile" },
+                if clash {
+                    "wdk-build defines it too"
+                } else {
+                    "not in wdk-build's makefile"
+                },
             );
             continue;
         }
@@ -691,10 +738,21 @@ pub fn run_checks(flow: &Flow, r: &mut Report) {
                 "NOT in wdk-build's makefile: the override changes nothing".to_owned()
             },
         );
-        for key in ["alias", "linux_alias", "mac_alias", "windows_alias", "run_task"] {
+        for key in [
+            "alias",
+            "linux_alias",
+            "mac_alias",
+            "windows_alias",
+            "run_task",
+        ] {
             if let Some(target) = task.get(key).and_then(|v| v.as_str()) {
-                let exists = wdk_tasks.contains_key(target) || tasks(&flow.makefile).contains_key(target);
-                r.check(exists, &format!("task {name}: {key} {target} exists"), if exists { "yes" } else { "no such task" });
+                let exists =
+                    wdk_tasks.contains_key(target) || tasks(&flow.makefile).contains_key(target);
+                r.check(
+                    exists,
+                    &format!("task {name}: {key} {target} exists"),
+                    if exists { "yes" } else { "no such task" },
+                );
             }
         }
     }
@@ -722,11 +780,17 @@ pub fn run_checks(flow: &Flow, r: &mut Report) {
                 .then(|| lhs.to_owned())
         })
         .collect();
-    for var in env_vars(&our_text).into_iter().chain(ours_defined.iter().cloned()) {
-        if (task_env.contains(&var) && !var.starts_with("WDK_BUILD")) || script_locals.contains(&var) {
+    for var in env_vars(&our_text)
+        .into_iter()
+        .chain(ours_defined.iter().cloned())
+    {
+        if (task_env.contains(&var) && !var.starts_with("WDK_BUILD"))
+            || script_locals.contains(&var)
+        {
             continue; // our own: set by one of our tasks, or a script's variable
         }
-        let in_wdk = flow.wdk_makefile_text.contains(&var) || cm.contains(&format!("\"{var}\""));
+        let in_wdk =
+            contains_word(&flow.wdk_makefile_text, &var) || cm.contains(&format!("\"{var}\""));
         let cargo_make_own = CARGO_MAKE_OWN_VARS.contains(&var.as_str());
         r.check(
             in_wdk || cargo_make_own,

@@ -1,5 +1,5 @@
 //! The shipped images, run by the image host. They are built by
-//! `bash scripts/build-sys.sh` into target/sys; without them these tests
+//! `cargo xtask package` into target/sys; without them these tests
 //! print that they were skipped and why (CI builds the images first and runs
 //! the full stress and fault pass through `testbed`).
 
@@ -19,7 +19,7 @@ fn images() -> Option<PathBuf> {
         Some(dir)
     } else {
         println!(
-            "*** SKIPPED: {} has no nmr_client.sys / nmr_provider.sys: run `bash scripts/build-sys.sh` first ***",
+            "*** SKIPPED: {} has no nmr_client.sys / nmr_provider.sys: run `cargo xtask package` first ***",
             dir.display()
         );
         None

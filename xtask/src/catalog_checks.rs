@@ -87,6 +87,16 @@ fn find_readobj() -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// llvm-objdump (check_sys.py's CFG instrumentation check): $LLVM_OBJDUMP, or
+/// the one beside the llvm-readobj found (same package, same version suffix).
+fn objdump_beside(readobj: &Path) -> PathBuf {
+    if let Some(p) = std::env::var_os("LLVM_OBJDUMP") {
+        return PathBuf::from(p);
+    }
+    let name = tools::name(readobj).replace("readobj", "objdump");
+    readobj.with_file_name(name)
+}
+
 /// Makes `pefile` importable (pip --target into target/sys-tools/python, no
 /// venv, nothing system-wide); returns the PYTHONPATH to use.
 fn pefile_path(root: &Path) -> Option<PathBuf> {
@@ -123,6 +133,7 @@ fn pefile_path(root: &Path) -> Option<PathBuf> {
 fn cross_check(root: &Path, readobj: &Path, pylib: &Path, images: &[PathBuf]) -> Result<()> {
     let status = Command::new("python3")
         .env("LLVM_READOBJ", readobj)
+        .env("LLVM_OBJDUMP", objdump_beside(readobj))
         .env("PYTHONPATH", pylib)
         .arg(root.join("tools/check-sys/check_sys.py"))
         .args(images)
@@ -464,6 +475,80 @@ fn checkers_reject(root: &Path, cross: Option<(&Path, &Path)>) -> Result<()> {
         .ok_or_else(|| Error::new("a checker accepts a broken image"))
 }
 
+/// The checks the images built without CFG and CET must fail, in both
+/// checkers (the last one, the disassembly of every indirect call, only
+/// check_sys.py has).
+const NOCFG_MUST_FAIL: [&str; 4] = [
+    "GUARD_CF set",
+    "guard flags CF_INSTRUMENTED",
+    "guard table covers every function",
+    "CET compatible",
+];
+const NOCFG_MUST_FAIL_CROSS_ONLY: &str = "every indirect call goes through the CFG dispatch";
+
+/// Both checkers fail the no-CFG baseline (`package --no-cfg`), each on every
+/// hardening check, on both images.
+fn nocfg_fails(root: &Path, cross: Option<(&Path, &Path)>) -> Result<()> {
+    package::package(root, package::Build::NoCfg)?;
+    let images = package::package_images(&root.join(package::NOCFG_DIR))?;
+    let mut ok = true;
+    match image_checks::check_images_failures(&images) {
+        Ok(()) => {
+            println!("FAIL xtask check passed the images built without CFG and CET");
+            ok = false;
+        }
+        Err((_, failures)) => {
+            for want in NOCFG_MUST_FAIL {
+                let n = failures
+                    .iter()
+                    .filter(|(_, checks)| checks.iter().any(|c| c.starts_with(want)))
+                    .count();
+                if n == DRIVERS.len() {
+                    println!("PASS xtask check fails '{want}' on both images built without it");
+                } else {
+                    println!(
+                        "FAIL xtask check failed '{want}' on {n} of {} images built without it",
+                        DRIVERS.len()
+                    );
+                    ok = false;
+                }
+            }
+        }
+    }
+    if let Some((readobj, pylib)) = cross {
+        let out = output(
+            Command::new("python3")
+                .env("LLVM_READOBJ", readobj)
+                .env("LLVM_OBJDUMP", objdump_beside(readobj))
+                .env("PYTHONPATH", pylib)
+                .arg(root.join("tools/check-sys/check_sys.py"))
+                .args(&images),
+        )?;
+        let printed = String::from_utf8_lossy(&out.stdout);
+        if out.status.success() {
+            println!("FAIL check_sys.py passed the images built without CFG and CET");
+            ok = false;
+        }
+        for want in NOCFG_MUST_FAIL.iter().chain([&NOCFG_MUST_FAIL_CROSS_ONLY]) {
+            let n = printed
+                .lines()
+                .filter(|l| l.starts_with("FAIL nmr_") && l.contains(&format!(".sys: {want}")))
+                .count();
+            if n == DRIVERS.len() {
+                println!("PASS check_sys.py fails '{want}' on both images built without it");
+            } else {
+                println!(
+                    "{printed}\nFAIL check_sys.py failed '{want}' on {n} of {} images",
+                    DRIVERS.len()
+                );
+                ok = false;
+            }
+        }
+    }
+    ok.then_some(())
+        .ok_or_else(|| Error::new("a checker passed a check on an image built without CFG and CET"))
+}
+
 /// `cargo xtask ci-sys`.
 pub fn ci_sys(root: &Path) -> Result<()> {
     // Tools, installed when missing (Debian), else SKIPPED below.
@@ -498,7 +583,7 @@ pub fn ci_sys(root: &Path) -> Result<()> {
     };
     if !s.step(
         "package --unsigned (build, stamp, catalog, image checks)",
-        || package::package(root, false).map(|_| ()),
+        || package::package(root, package::Build::Shipped { sign: false }).map(|_| ()),
     ) {
         println!(
             "ci-sys: {} passed, {} failed, {} skipped",
@@ -532,6 +617,16 @@ pub fn ci_sys(root: &Path) -> Result<()> {
         "both checkers reject an image with FORCE_INTEGRITY cleared",
         || {
             checkers_reject(
+                root,
+                cross.as_ref().map(|(r, p)| (r.as_path(), p.as_path())),
+            )
+        },
+    );
+
+    s.step(
+        "both checkers fail the images built without CFG and CET (package --no-cfg)",
+        || {
+            nocfg_fails(
                 root,
                 cross.as_ref().map(|(r, p)| (r.as_path(), p.as_path())),
             )

@@ -70,6 +70,87 @@ pub fn netio_required(driver: &str) -> Option<&'static [&'static str]> {
 /// INF's install sections must not offer the package to an older build.
 const NTOSKRNL_FIRST_BUILD: &[(&str, u32)] = &[("ExAllocatePool2", 19041)]; // Windows 10 2004, wdm.h
 
+/// The functions each image hands to the kernel and the NMR, to be called
+/// through a pointer from outside the image: the NPI dispatch tables and the
+/// NMR characteristics (attach, detach, cleanup), DriverUnload and the worker
+/// thread's start routine. Kernel CFG stops a call to any of them that is not
+/// in the image's guard function table, so every one must be there. Rust
+/// paths (the legacy-mangling hash ignored), found in the image's `.map`, each
+/// with the role it is handed out in. (check_sys.py keeps its own copy.)
+pub fn handed_out(driver: &str) -> &'static [(&'static str, &'static str)] {
+    match driver {
+        "nmr_client" => &[
+            // client-driver/module/src/client.rs, NPI_CLIENT_CHARACTERISTICS
+            (
+                "nmr_client_module::client::attach_provider",
+                "ClientAttachProvider",
+            ),
+            (
+                "nmr_common::binding::detach_callback",
+                "ClientDetachProvider",
+            ),
+            (
+                "nmr_client_module::client::cleanup_binding",
+                "ClientCleanupBindingContext",
+            ),
+            // client-driver/module/src/client.rs, ClientDispatch
+            (
+                "nmr_client_module::client::notify",
+                "client dispatch: notify",
+            ),
+            // shell/src/shell.rs
+            ("nmr_client::driver::driver_unload", "DriverUnload"),
+            (
+                "nmr_shell::shell::worker",
+                "PsCreateSystemThread start routine",
+            ),
+        ],
+        "nmr_provider" => &[
+            // provider-driver/module/src/provider.rs, NPI_PROVIDER_CHARACTERISTICS
+            (
+                "nmr_provider_module::provider::attach_client",
+                "ProviderAttachClient",
+            ),
+            (
+                "nmr_common::binding::detach_callback",
+                "ProviderDetachClient",
+            ),
+            (
+                "nmr_provider_module::provider::cleanup_binding",
+                "ProviderCleanupBindingContext",
+            ),
+            // provider-driver/module/src/provider.rs, ProviderDispatch
+            (
+                "nmr_provider_module::provider::get_info",
+                "provider dispatch: get_info",
+            ),
+            (
+                "nmr_provider_module::provider::checksum",
+                "provider dispatch: checksum",
+            ),
+            // shell/src/shell.rs
+            ("nmr_provider::driver::driver_unload", "DriverUnload"),
+            (
+                "nmr_shell::shell::worker",
+                "PsCreateSystemThread start routine",
+            ),
+        ],
+        _ => &[],
+    }
+}
+
+/// winnt.h: GuardFlags bits of the load configuration.
+const IMAGE_GUARD_CF_INSTRUMENTED: u32 = 0x100;
+const IMAGE_GUARD_CF_FUNCTION_TABLE_PRESENT: u32 = 0x400;
+/// The high nibble of GuardFlags: extra bytes per guard table entry.
+const IMAGE_GUARD_CF_FUNCTION_TABLE_SIZE_SHIFT: u32 = 28;
+/// The load configuration must reach GuardFlags (offset 144, 4 bytes) for the
+/// kernel to read the CFG fields (shell/src/load_config.rs pins the layout).
+const LOAD_CONFIG_MIN_SIZE: u32 = 148;
+/// winnt.h: IMAGE_DEBUG_TYPE_EX_DLLCHARACTERISTICS, IMAGE_DLLCHARACTERISTICS_EX_CET_COMPAT.
+const DEBUG_TYPE_EX_DLLCHARACTERISTICS: u32 = 20;
+const EX_CET_COMPAT: u32 = 0x1;
+
 const NTOSKRNL: &str = "ntoskrnl.exe";
 const NETIO: &str = "NETIO.SYS";
 
@@ -105,6 +186,14 @@ struct Image {
     imports: Vec<(String, String)>,
     delay_imports: bool,
     pdb_names: Vec<String>,
+    image_base: u64,
+    size_of_image: u64,
+    /// The load configuration: (Size, check pointer VA, dispatch pointer VA,
+    /// GuardFlags, GuardCFFunctionCount).
+    load_config: Option<(u32, u64, u64, u32, u64)>,
+    /// The guard function table, as VAs.
+    guard_fids: BTreeSet<u64>,
+    cet_compat: bool,
 }
 
 fn read_image(data: &[u8]) -> std::result::Result<Image, String> {
@@ -118,6 +207,8 @@ fn read_image(data: &[u8]) -> std::result::Result<Image, String> {
         dll_characteristics: opt.dll_characteristics(),
         checksum_stored: opt.check_sum(),
         entry: opt.address_of_entry_point(),
+        image_base: opt.image_base(),
+        size_of_image: u64::from(opt.size_of_image()),
         ..Image::default()
     };
     let e_lfanew = u32::from_le_bytes(
@@ -163,6 +254,13 @@ fn read_image(data: &[u8]) -> std::result::Result<Image, String> {
         let entries = object::pod::slice_from_all_bytes::<pe::ImageDebugDirectory>(bytes)
             .map_err(|()| "the debug directory's size is not a multiple of its entry")?;
         for entry in entries {
+            if entry.typ.get(LE) == DEBUG_TYPE_EX_DLLCHARACTERISTICS {
+                let at = entry.pointer_to_raw_data.get(LE) as usize;
+                if let Some(b) = data.get(at..at + 4) {
+                    image.cet_compat |=
+                        u32::from_le_bytes([b[0], b[1], b[2], b[3]]) & EX_CET_COMPAT != 0;
+                }
+            }
             if entry.typ.get(LE) != pe::IMAGE_DEBUG_TYPE_CODEVIEW {
                 continue;
             }
@@ -183,7 +281,199 @@ fn read_image(data: &[u8]) -> std::result::Result<Image, String> {
             }
         }
     }
+    read_load_config(data, &file, &mut image)?;
     Ok(image)
+}
+
+/// The load configuration's CFG fields and the guard function table
+/// (IMAGE_LOAD_CONFIG_DIRECTORY64: Size @0, GuardCFCheckFunctionPointer @112,
+/// GuardCFDispatchFunctionPointer @120, GuardCFFunctionTable @128,
+/// GuardCFFunctionCount @136, GuardFlags @144).
+fn read_load_config(
+    data: &[u8],
+    file: &PeFile64<'_>,
+    image: &mut Image,
+) -> std::result::Result<(), String> {
+    let Some(dir) = file.data_directory(pe::IMAGE_DIRECTORY_ENTRY_LOAD_CONFIG) else {
+        return Ok(());
+    };
+    let rva = dir.virtual_address.get(LE);
+    if rva == 0 {
+        return Ok(());
+    }
+    let sections = file.section_table();
+    let bytes = sections
+        .pe_data_at(data, rva)
+        .ok_or_else(|| format!("load configuration at {rva:#x} outside the file"))?;
+    let u32_at = |at: usize| {
+        bytes
+            .get(at..at + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    let u64_at = |at: usize| {
+        bytes
+            .get(at..at + 8)
+            .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
+    };
+    let size = u32_at(0).ok_or("load configuration truncated")?;
+    if size < LOAD_CONFIG_MIN_SIZE {
+        image.load_config = Some((size, 0, 0, 0, 0));
+        return Ok(());
+    }
+    let (check, dispatch, table, count, flags) = (
+        u64_at(112).unwrap_or(0),
+        u64_at(120).unwrap_or(0),
+        u64_at(128).unwrap_or(0),
+        u64_at(136).unwrap_or(0),
+        u32_at(144).unwrap_or(0),
+    );
+    image.load_config = Some((size, check, dispatch, flags, count));
+    if table != 0 && count > 0 && count < 1 << 20 {
+        let stride = 4 + (flags >> IMAGE_GUARD_CF_FUNCTION_TABLE_SIZE_SHIFT) as usize;
+        let table_rva = table
+            .checked_sub(image.image_base)
+            .and_then(|r| u32::try_from(r).ok())
+            .ok_or("guard function table outside the image")?;
+        let entries = sections
+            .pe_data_at(data, table_rva)
+            .and_then(|d| d.get(..stride * count as usize))
+            .ok_or("guard function table outside the file")?;
+        for e in entries.chunks(stride) {
+            let rva = u32::from_le_bytes([e[0], e[1], e[2], e[3]]);
+            image.guard_fids.insert(image.image_base + u64::from(rva));
+        }
+    }
+    Ok(())
+}
+
+/// The path of a legacy-mangled Rust symbol without its hash
+/// (`_ZN10nmr_client6driver13driver_unload17h<16 hex>E` ->
+/// `nmr_client::driver::driver_unload`).
+fn rust_path(symbol: &str) -> Option<String> {
+    let body = symbol.strip_prefix("_ZN")?.strip_suffix('E')?;
+    let (body, hash) = body.split_at(body.len().checked_sub(19)?);
+    let hex = hash.strip_prefix("17h")?;
+    if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let mut parts = Vec::new();
+    let mut rest = body;
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        let len: usize = rest[..digits].parse().ok()?;
+        let part = rest.get(digits..digits + len)?;
+        parts.push(part);
+        rest = &rest[digits + len..];
+    }
+    Some(parts.join("::"))
+}
+
+/// Rust path (or plain symbol) -> the VAs of the code symbols of that name in
+/// lld's `.map` (section 0001, .text).
+fn map_functions(map: &str) -> std::collections::BTreeMap<String, BTreeSet<u64>> {
+    let mut out = std::collections::BTreeMap::<String, BTreeSet<u64>>::new();
+    for line in map.lines() {
+        let parts: Vec<&str> = line.split_whitespace().collect();
+        if parts.len() < 3 || !parts[0].starts_with("0001:") {
+            continue;
+        }
+        let Ok(va) = u64::from_str_radix(parts[2], 16) else {
+            continue;
+        };
+        let name = rust_path(parts[1]).unwrap_or_else(|| parts[1].to_owned());
+        out.entry(name).or_default().insert(va);
+    }
+    out
+}
+
+/// Control Flow Guard and CET: GUARD_CF, the load configuration with the CFG
+/// fields set, the guard function table covering every function the image
+/// hands out (named in its `.map`), and the CET-compatible flag.
+fn check_cfg_cet(r: &mut Report, image: &Image, map_path: &Path, stem: &str) {
+    r.check(
+        image.dll_characteristics & pe::IMAGE_DLLCHARACTERISTICS_GUARD_CF != 0,
+        "GUARD_CF set",
+        format!("DllCharacteristics {:#06x}", image.dll_characteristics),
+    );
+    let end = image.image_base + image.size_of_image;
+    let inside = |va: u64| (image.image_base..end).contains(&va);
+    match image.load_config {
+        None => {
+            r.check(
+                false,
+                "load configuration with CFG check and dispatch pointers",
+                "none: no load configuration directory",
+            );
+        }
+        Some((size, check, dispatch, flags, count)) => {
+            r.check(
+                size >= LOAD_CONFIG_MIN_SIZE && inside(check) && inside(dispatch),
+                "load configuration with CFG check and dispatch pointers",
+                format!("Size {size:#x} (>= {LOAD_CONFIG_MIN_SIZE:#x}), check {check:#x}, dispatch {dispatch:#x} (inside {:#x}..{end:#x})", image.image_base),
+            );
+            let want = IMAGE_GUARD_CF_INSTRUMENTED | IMAGE_GUARD_CF_FUNCTION_TABLE_PRESENT;
+            r.check(
+                flags & want == want && count > 0 && image.guard_fids.len() as u64 == count,
+                "guard flags CF_INSTRUMENTED | CF_FUNCTION_TABLE_PRESENT, a guard function table",
+                format!(
+                    "GuardFlags {flags:#x}, GuardCFFunctionCount {count}, {} entries read",
+                    image.guard_fids.len()
+                ),
+            );
+        }
+    }
+    match std::fs::read_to_string(map_path) {
+        Err(e) => {
+            r.check(
+                false,
+                "guard table covers every function the image hands out",
+                format!("{}: {e}", map_path.display()),
+            );
+        }
+        Ok(map) => {
+            let functions = map_functions(&map);
+            let mut missing = Vec::new();
+            let mut uncovered = Vec::new();
+            let wanted = handed_out(stem);
+            for (name, role) in wanted {
+                match functions.get(*name) {
+                    None => missing.push(format!("{name} ({role})")),
+                    Some(vas) if !vas.is_subset(&image.guard_fids) => {
+                        uncovered.push(format!("{name} ({role})"))
+                    }
+                    Some(_) => {}
+                }
+            }
+            let ok = missing.is_empty() && uncovered.is_empty() && !wanted.is_empty();
+            r.check(
+                ok,
+                "guard table covers every function the image hands out",
+                if ok {
+                    format!(
+                        "{} of {} in the table ({} guard entries)",
+                        wanted.len(),
+                        wanted.len(),
+                        image.guard_fids.len()
+                    )
+                } else {
+                    format!(
+                        "NOT IN THE GUARD TABLE: {}; NOT IN THE MAP: {}",
+                        list(&uncovered),
+                        list(&missing)
+                    )
+                },
+            );
+        }
+    }
+    r.check(
+        image.cet_compat,
+        "CET compatible (IMAGE_DLLCHARACTERISTICS_EX_CET_COMPAT)",
+        if image.cet_compat {
+            "yes"
+        } else {
+            "no extended DLL characteristics entry with CET_COMPAT"
+        },
+    );
 }
 
 /// The exports, read from the export directory by hand: (name, RVA). (The
@@ -395,7 +685,7 @@ fn check_image(r: &mut Report, path: &Path, stem: &str, data: &[u8]) -> BTreeSet
         "CodeView debug entry names the .pdb",
         list(&image.pdb_names),
     );
-    let _ = path;
+    check_cfg_cet(r, &image, &path.with_extension("map"), stem);
     kernel
 }
 
@@ -492,13 +782,24 @@ fn check_inf(r: &mut Report, inf: &Path, kernel: &BTreeSet<String>) {
 
 /// Checks each image and the INF beside it; an error if any check failed.
 pub fn check_images(images: &[PathBuf]) -> Result<()> {
+    check_images_failures(images).map_err(|(e, _)| e)
+}
+
+/// The failed checks of one image: (image, the `what` of each).
+pub type ImageFailures = (String, Vec<String>);
+
+/// [`check_images`], returning on failure also each image's failed checks.
+pub fn check_images_failures(
+    images: &[PathBuf],
+) -> std::result::Result<(), (Error, Vec<ImageFailures>)> {
     if images.is_empty() {
-        return Err(Error::with_fix(
-            "no image to check",
-            "run `cargo xtask package` first",
+        return Err((
+            Error::with_fix("no image to check", "run `cargo xtask package` first"),
+            Vec::new(),
         ));
     }
     let mut failed_images = Vec::new();
+    let mut failures = Vec::new();
     for path in images {
         let base = tools::name(path);
         let mut r = Report::new(&base);
@@ -523,15 +824,19 @@ pub fn check_images(images: &[PathBuf]) -> Result<()> {
             }
         }
         if !r.finish() {
+            failures.push((base.clone(), r.failures().to_vec()));
             failed_images.push(base);
         }
     }
     if failed_images.is_empty() {
         Ok(())
     } else {
-        Err(Error::with_fix(
-            format!("image checks failed: {}", failed_images.join(", ")),
-            "see the FAIL lines above",
+        Err((
+            Error::with_fix(
+                format!("image checks failed: {}", failed_images.join(", ")),
+                "see the FAIL lines above",
+            ),
+            failures,
         ))
     }
 }

@@ -5,6 +5,7 @@
 //! cargo xtask package [--unsigned]   build both .sys on the hand-declared kernel
 //!                                    surface, stamp the INFs, write the catalogs,
 //!                                    check the images, test-sign: target/sys/
+//! cargo xtask package --no-cfg       the unhardened baseline: target/sys-nocfg/
 //! cargo xtask check [IMAGE.sys...]   the image and INF checks (default: target/sys/*.sys)
 //! cargo xtask sign [DIR]             test-sign a package folder (default: target/sys)
 //! cargo xtask check-wdk-flow         the preconditions of `cargo make` (wdk-build's
@@ -71,6 +72,8 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 const USAGE: &str = "\
   cargo xtask package [--unsigned]   build, stamp, catalog, check and test-sign both drivers into target/sys/
+  cargo xtask package --no-cfg       the same images without CFG and CET, unchecked, unsigned, into
+                                     target/sys-nocfg/ (the CFG baseline; the checks must fail it)
   cargo xtask check [IMAGE.sys...]   check driver images and their INFs (default: target/sys/*.sys)
   cargo xtask sign [DIR]             test-sign the package in DIR (default: target/sys)
   cargo xtask check-wdk-flow         check what `cargo make` (wdk-build's flow) needs, against the pinned wdk-build
@@ -103,16 +106,22 @@ fn run(args: &[String]) -> Result<()> {
     };
     match command.as_str() {
         "package" => {
-            let mut sign = true;
+            let (mut sign, mut hardened) = (true, true);
             for arg in rest {
                 match arg.as_str() {
                     "--unsigned" => sign = false,
+                    "--no-cfg" => hardened = false,
                     other => {
                         return Err(Error::usage(format!("package: unknown argument '{other}'")));
                     }
                 }
             }
-            package::package(&root, sign).map(|_| ())
+            let build = if hardened {
+                package::Build::Shipped { sign }
+            } else {
+                package::Build::NoCfg
+            };
+            package::package(&root, build).map(|_| ())
         }
         "check" => {
             if let Some(flag) = rest.iter().find(|a| a.starts_with('-')) {

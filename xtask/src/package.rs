@@ -61,6 +61,43 @@ pub const LINK_ARGS: &[&str] = &[
     "/DEBUG",
 ];
 
+/// Hardening (Control Flow Guard and CET), the flags in one place (the
+/// `cargo make` build gets the same: the compiler flag from Makefile.toml's
+/// build task, the link flags from the drivers' build.rs):
+/// - every crate of the image, `core` included, compiled with
+///   `-C control-flow-guard=checks`: each indirect call goes through
+///   `__guard_dispatch_icall_fptr`, the address-taken functions are listed.
+///   Given as the target's rustflags (`--config`), so that it reaches every
+///   crate, not only the driver's (`cargo rustc`'s own arguments do); the
+///   precompiled `core` comes in as bitcode and is compiled again under the
+///   release profile's LTO, with the flag;
+/// - `/guard:cf`: the linker writes the guard function table and the
+///   `__guard_*` symbols the shell's `_load_config_used` points at
+///   (shell/src/cfg_support.rs), and sets GUARD_CF;
+/// - `/cetcompat`: the IMAGE_DLLCHARACTERISTICS_EX_CET_COMPAT debug entry.
+///
+/// The image checks fail an image without any of them.
+pub const HARDENING_RUSTFLAGS: &[&str] = &["-C", "control-flow-guard=checks"];
+/// The link half of the hardening (see [`HARDENING_RUSTFLAGS`]).
+pub const HARDENING_LINK_ARGS: &[&str] = &["/guard:cf", "/cetcompat"];
+
+/// What `package` builds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Build {
+    /// The shipped package, hardened, into `target/sys/`; signed unless `unsigned`.
+    Shipped {
+        /// Test-sign the package.
+        sign: bool,
+    },
+    /// Without the hardening flags (no CFG, not CET-compatible), into
+    /// `target/sys-nocfg/`, never signed: the baseline of the CFG benchmark
+    /// and the images the checks must fail.
+    NoCfg,
+}
+
+/// Where the no-CFG baseline goes.
+pub const NOCFG_DIR: &str = "target/sys-nocfg";
+
 /// rustc flags besides the link arguments: rust-lld as an MSVC linker, so
 /// that no Visual Studio is needed.
 pub const RUSTC_FLAGS: &[&str] = &["-C", "linker=rust-lld", "-C", "linker-flavor=lld-link"];
@@ -117,11 +154,27 @@ fn ensure_target() -> Result<()> {
 }
 
 /// Builds one driver image with its .pdb and .map into `out`.
-fn build_driver(root: &Path, driver: &str, out: &Path) -> Result<()> {
+fn build_driver(root: &Path, driver: &str, out: &Path, hardened: bool) -> Result<()> {
     let package = driver.replace('_', "-");
-    println!("xtask: {package} -> {OUT_DIR}/{driver}.sys");
+    let (build_dir, out_name) = if hardened {
+        (BUILD_DIR.to_owned(), OUT_DIR)
+    } else {
+        (format!("{BUILD_DIR}-nocfg"), NOCFG_DIR)
+    };
+    println!("xtask: {package} -> {out_name}/{driver}.sys");
     let mut cmd = tools::cargo();
-    cmd.current_dir(root)
+    cmd.current_dir(root);
+    if hardened {
+        let flags: Vec<String> = HARDENING_RUSTFLAGS
+            .iter()
+            .map(|f| format!("{f:?}"))
+            .collect();
+        cmd.arg("--config").arg(format!(
+            "target.{TARGET}.rustflags = [{}]",
+            flags.join(", ")
+        ));
+    }
+    cmd
         // Debug info for every crate (LTO merges them): the .pdb gets all lines.
         .env("CARGO_PROFILE_RELEASE_DEBUG", "full")
         .args([
@@ -133,14 +186,15 @@ fn build_driver(root: &Path, driver: &str, out: &Path) -> Result<()> {
             "--crate-type",
             "cdylib",
         ])
-        .args(["--release", "--target", TARGET, "--target-dir", BUILD_DIR])
+        .args(["--release", "--target", TARGET, "--target-dir", &build_dir])
         .args(["--no-default-features", "--features", "raw-kernel", "--"])
         .args(RUSTC_FLAGS);
-    for arg in LINK_ARGS {
+    let hardening: &[&str] = if hardened { HARDENING_LINK_ARGS } else { &[] };
+    for arg in LINK_ARGS.iter().chain(hardening) {
         cmd.arg("-C").arg(format!("link-arg={arg}"));
     }
     tools::run(&mut cmd)?;
-    let dir = root.join(BUILD_DIR).join(TARGET).join("release");
+    let dir = root.join(build_dir).join(TARGET).join("release");
     copy(
         &dir.join(format!("{driver}.dll")),
         &out.join(format!("{driver}.sys")),
@@ -366,16 +420,20 @@ pub fn publish(tmp: &Path, final_dir: &Path) -> Result<()> {
 }
 
 /// `cargo xtask package`: returns the package folder.
-pub fn package(root: &Path, sign: bool) -> Result<PathBuf> {
+pub fn package(root: &Path, build: Build) -> Result<PathBuf> {
     ensure_target()?;
+    let (sign, hardened, out_name) = match build {
+        Build::Shipped { sign } => (sign, true, OUT_DIR),
+        Build::NoCfg => (false, false, NOCFG_DIR),
+    };
     if sign {
         // Fail before the build, not after it, when no signing tool is there.
         sign::signer()?;
     }
-    let final_dir = root.join(OUT_DIR);
+    let final_dir = root.join(out_name);
     let tmp = scratch_dir(&final_dir)?;
     for driver in DRIVERS {
-        build_driver(root, driver, &tmp)?;
+        build_driver(root, driver, &tmp, hardened)?;
     }
     let date = source_date()?;
     let infs = stamp_infs(root, &tmp, date)?;
@@ -388,8 +446,14 @@ pub fn package(root: &Path, sign: bool) -> Result<PathBuf> {
             format!("{OUT_DIR}/{driver}.sys")
         );
     }
-    println!("xtask: checking the unsigned images");
-    image_checks::check_images(&package_images(&tmp)?)?;
+    if hardened {
+        println!("xtask: checking the unsigned images");
+        image_checks::check_images(&package_images(&tmp)?)?;
+    } else {
+        println!(
+            "xtask: {NOCFG_DIR}: the baseline without CFG and CET, not checked (the checks must fail it), never signed"
+        );
+    }
     if sign {
         // The key and certificate of the previous build go with it.
         let signing = root.join(sign::SIGNING_DIR);
@@ -403,7 +467,7 @@ pub fn package(root: &Path, sign: bool) -> Result<PathBuf> {
     }
     publish(&tmp, &final_dir)?;
     println!(
-        "xtask: package complete: {OUT_DIR}/ ({})",
+        "xtask: package complete: {out_name}/ ({})",
         if sign { "test-signed" } else { "unsigned" }
     );
     Ok(final_dir)

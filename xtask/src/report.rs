@@ -6,6 +6,7 @@ pub struct Report {
     subject: String,
     passed: usize,
     failed: usize,
+    failures: Vec<String>,
 }
 
 impl Report {
@@ -15,6 +16,7 @@ impl Report {
             subject: subject.into(),
             passed: 0,
             failed: 0,
+            failures: Vec::new(),
         }
     }
 
@@ -26,6 +28,7 @@ impl Report {
             self.passed += 1;
         } else {
             self.failed += 1;
+            self.failures.push(what.to_owned());
         }
         ok
     }
@@ -33,6 +36,11 @@ impl Report {
     /// How many checks failed.
     pub fn failed(&self) -> usize {
         self.failed
+    }
+
+    /// What the failed checks were (their `what`).
+    pub fn failures(&self) -> &[String] {
+        &self.failures
     }
 
     /// Prints the summary line and returns whether every check passed.

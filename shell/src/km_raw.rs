@@ -68,7 +68,7 @@ pub struct DriverObject {
 /// The bug check a panic raises: wdk-panic 0.5's, so that a panic reads the
 /// same in `!analyze -v` from either image: `"RPNC"`, then the panic's file
 /// name (address, length), line and column. (A debug build breaks into the
-/// debugger first, as wdk-panic's does: see [`panic`].)
+/// debugger first, as wdk-panic's does: see the panic handler below.)
 const RUST_PANIC_BUGCHECK_CODE: u32 = u32::from_be_bytes(*b"RPNC");
 
 /// `DbgPrintEx(component, level, "%s", line)`.

@@ -349,7 +349,7 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// What inf2cat /os:10_X64 does: each INF's CatalogFile, listing the INF and
-/// the files of its [SourceDisksFiles].
+/// the files of its `[SourceDisksFiles]`.
 fn write_catalogs(out: &Path, infs: &[PathBuf], date: u64) -> Result<()> {
     for inf in infs {
         let (cat_path, members, der) =

@@ -10,10 +10,10 @@
 //! `KERNEL_SECURITY_CHECK_FAILURE`, parameter 1 = 10,
 //! `FAST_FAIL_GUARD_ICALL_CHECK_FAILURE`.
 //!
-//! Here the loader ([`install`], called by `pe.rs` while the image is still
+//! Here the loader (`install`, called by `pe.rs` while the image is still
 //! writable) writes the host's two routines into the slots the load
 //! configuration names, and each image's table is registered while it is
-//! mapped ([`register`], by `driver.rs`). A target is valid when:
+//! mapped (`register`, by `driver.rs`). A target is valid when:
 //!
 //! - it lies in an image with a guard table and is exactly one of its
 //!   entries (the kernel's bitmap has 16-byte granularity: it would also take
@@ -537,79 +537,71 @@ fn stop(target: usize, forwarded_to: Option<usize>, return_address: usize) -> ! 
 //   (LLVM's CFGuard_Check convention).
 // Each saves RAX, RCX, RDX, R8-R11 and XMM0-XMM5 (the registers a Windows
 // x64 function may change), calls `validate` (a Windows x64 function, which
-// keeps the others), and restores them. 7 pushes and 128 bytes keep RSP
-// 16-aligned at the call, with the 32-byte home area `validate` may use.
+// keeps the others), and restores them.
+/// Saves what a Windows x64 function may change, and makes room for the
+/// call: 7 pushes and 128 bytes (RSP 16-aligned again, a 32-byte home area,
+/// XMM0-XMM5 at +32). The caller's return address is then at RSP + 184.
+macro_rules! save_volatile {
+    () => {
+        concat!(
+            "push rax\n",
+            "push rcx\n",
+            "push rdx\n",
+            "push r8\n",
+            "push r9\n",
+            "push r10\n",
+            "push r11\n",
+            "sub rsp, 128\n",
+            "movdqu [rsp + 32], xmm0\n",
+            "movdqu [rsp + 48], xmm1\n",
+            "movdqu [rsp + 64], xmm2\n",
+            "movdqu [rsp + 80], xmm3\n",
+            "movdqu [rsp + 96], xmm4\n",
+            "movdqu [rsp + 112], xmm5\n",
+            "mov rdx, [rsp + 184]\n",
+        )
+    };
+}
+
+/// Undoes `save_volatile!`.
+macro_rules! restore_volatile {
+    () => {
+        concat!(
+            "movdqu xmm0, [rsp + 32]\n",
+            "movdqu xmm1, [rsp + 48]\n",
+            "movdqu xmm2, [rsp + 64]\n",
+            "movdqu xmm3, [rsp + 80]\n",
+            "movdqu xmm4, [rsp + 96]\n",
+            "movdqu xmm5, [rsp + 112]\n",
+            "add rsp, 128\n",
+            "pop r11\n",
+            "pop r10\n",
+            "pop r9\n",
+            "pop r8\n",
+            "pop rdx\n",
+            "pop rcx\n",
+            "pop rax\n",
+        )
+    };
+}
+
 core::arch::global_asm!(
     ".text",
     ".p2align 4",
     ".globl nmr_ih_cfg_dispatch",
     "nmr_ih_cfg_dispatch:",
-    "    push rax",
-    "    push rcx",
-    "    push rdx",
-    "    push r8",
-    "    push r9",
-    "    push r10",
-    "    push r11",
-    "    sub rsp, 128",
-    "    movdqu [rsp + 32], xmm0",
-    "    movdqu [rsp + 48], xmm1",
-    "    movdqu [rsp + 64], xmm2",
-    "    movdqu [rsp + 80], xmm3",
-    "    movdqu [rsp + 96], xmm4",
-    "    movdqu [rsp + 112], xmm5",
-    "    mov rcx, rax",
-    "    mov rdx, [rsp + 184]", // the return address (128 + 7 * 8)
-    "    call {validate}",
-    "    movdqu xmm0, [rsp + 32]",
-    "    movdqu xmm1, [rsp + 48]",
-    "    movdqu xmm2, [rsp + 64]",
-    "    movdqu xmm3, [rsp + 80]",
-    "    movdqu xmm4, [rsp + 96]",
-    "    movdqu xmm5, [rsp + 112]",
-    "    add rsp, 128",
-    "    pop r11",
-    "    pop r10",
-    "    pop r9",
-    "    pop r8",
-    "    pop rdx",
-    "    pop rcx",
-    "    pop rax",
-    "    jmp rax",
+    save_volatile!(), // RDX = the return address
+    "mov rcx, rax",   // the target
+    "call {validate}",
+    restore_volatile!(),
+    "jmp rax",
     ".p2align 4",
     ".globl nmr_ih_cfg_check",
     "nmr_ih_cfg_check:",
-    "    push rax",
-    "    push rcx",
-    "    push rdx",
-    "    push r8",
-    "    push r9",
-    "    push r10",
-    "    push r11",
-    "    sub rsp, 128",
-    "    movdqu [rsp + 32], xmm0",
-    "    movdqu [rsp + 48], xmm1",
-    "    movdqu [rsp + 64], xmm2",
-    "    movdqu [rsp + 80], xmm3",
-    "    movdqu [rsp + 96], xmm4",
-    "    movdqu [rsp + 112], xmm5",
-    "    mov rdx, [rsp + 184]",
-    "    call {validate}",
-    "    movdqu xmm0, [rsp + 32]",
-    "    movdqu xmm1, [rsp + 48]",
-    "    movdqu xmm2, [rsp + 64]",
-    "    movdqu xmm3, [rsp + 80]",
-    "    movdqu xmm4, [rsp + 96]",
-    "    movdqu xmm5, [rsp + 112]",
-    "    add rsp, 128",
-    "    pop r11",
-    "    pop r10",
-    "    pop r9",
-    "    pop r8",
-    "    pop rdx",
-    "    pop rcx",
-    "    pop rax",
-    "    ret",
+    save_volatile!(), // RCX: the target already
+    "call {validate}",
+    restore_volatile!(),
+    "ret",
     validate = sym validate,
 );
 
@@ -660,5 +652,40 @@ pub(crate) fn table_entry(image: &str, function: usize) -> usize {
         function + by
     } else {
         function
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_target_is_valid_exactly_at_a_table_entry_or_anywhere_in_an_image_without_cfg() {
+        static TABLE: [u32; 3] = [0x1000, 0x1040, 0x2000];
+        // Address ranges no real mapping uses (the checks only compare).
+        let (guarded, plain) = (0x7e00_0000_0000_usize, 0x7e00_1000_0000_usize);
+        let _g = register(guarded, 0x10000, Guard::Table(&TABLE)).unwrap();
+        let _p = register(plain, 0x10000, Guard::Unguarded).unwrap();
+        assert_eq!(image_allows(guarded + 0x1040), Some(true));
+        assert_eq!(image_allows(guarded + 0x1044), Some(false), "mid-function");
+        assert_eq!(image_allows(guarded + 0x0fff), Some(false));
+        assert_eq!(image_allows(plain + 0x1234), Some(true));
+        assert_eq!(image_allows(guarded + 0x10000), None, "past the image");
+    }
+
+    #[test]
+    fn a_forwarding_thunk_is_seen_through_only_at_a_thunk_start() {
+        // A fake page: thunks of 32 bytes from offset 256, the destination
+        // at offset 16 of each.
+        let mut page = vec![0u8; 4096];
+        page[256 + 16..256 + 24].copy_from_slice(&0x1234_5678_usize.to_le_bytes());
+        page[288 + 16..288 + 24].copy_from_slice(&0x9abc_def0_usize.to_le_bytes());
+        let base = page.as_ptr() as usize;
+        let _f = register_forwarders(base, page.len(), 256, 32, 16);
+        assert_eq!(forwarded(base + 256), Some(Ok(0x1234_5678)));
+        assert_eq!(forwarded(base + 288), Some(Ok(0x9abc_def0)));
+        assert_eq!(forwarded(base + 260), Some(Err(())), "inside a thunk");
+        assert_eq!(forwarded(base + 8), Some(Err(())), "the table copy itself");
+        assert_eq!(forwarded(base + 4096), None);
     }
 }

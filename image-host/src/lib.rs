@@ -12,7 +12,7 @@
 //! stand-in refuses the load, naming the DLL and the function.
 //!
 //! An image built with Control Flow Guard gets the host's check and dispatch
-//! routines in its load configuration ([`cfg`]): an indirect call to a target
+//! routines in its load configuration ([`cfg`](mod@cfg)): an indirect call to a target
 //! that is not in the target image's guard function table stops the run, as
 //! kernel CFG stops Windows.
 //!

@@ -13,21 +13,8 @@ use std::process::Command;
 use nmr_image_host::stress::{self, ImageStressConfig};
 use nmr_image_host::{Driver, FAULT_EXIT_CODE, LoadError, cfg};
 
-fn images() -> Option<PathBuf> {
-    let dir = std::env::var_os("NMR_IMAGES_DIR").map_or_else(
-        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/sys"),
-        PathBuf::from,
-    );
-    if stress::images_present(&dir) {
-        Some(dir)
-    } else {
-        println!(
-            "*** SKIPPED: {} has no nmr_client.sys / nmr_provider.sys: run `cargo xtask package` first ***",
-            dir.display()
-        );
-        None
-    }
-}
+mod common;
+use common::images;
 
 fn short_stress(dir: PathBuf) -> ImageStressConfig {
     ImageStressConfig {

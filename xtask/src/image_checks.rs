@@ -477,8 +477,9 @@ fn check_cfg_cet(r: &mut Report, image: &Image, map_path: &Path, stem: &str) {
 }
 
 /// The exports, read from the export directory by hand: (name, RVA). (The
-/// `object` crate's export table reader refuses the directory rust-lld
-/// writes at an odd address, so the fields are read at their offsets.)
+/// `object` crate's export table reader refuses these images' directory,
+/// which rust-lld writes at an odd RVA, with "Invalid PE export dir size";
+/// the fields are read at their offsets instead, as nmr-image-host does.)
 fn read_exports(
     data: &[u8],
     file: &PeFile64<'_>,

@@ -48,3 +48,4 @@ pub use log::{LogEntry, NmrEvent, Side};
 pub use running::Running;
 pub use state::{BindingInfo, Stats};
 pub use violation::{Callback, Violation};
+pub use wait::WAIT_DEADLINE;

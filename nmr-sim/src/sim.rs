@@ -11,6 +11,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::time::Instant;
 
 use nmr_common::ffi::*;
 
@@ -20,6 +21,7 @@ use crate::delivery::worker;
 use crate::log::{LogEntry, NmrEvent};
 use crate::state::{BindingInfo, HANDLE_BASE, Phase, Rng, State, Stats};
 use crate::violation::Violation;
+use crate::wait::WAIT_DEADLINE;
 
 impl Sim {
     /// A new model with `config`. With [`Delivery::Worker`] or
@@ -138,14 +140,23 @@ impl Sim {
 
     /// Blocks until at least `n` threads are blocked in a deregistration
     /// wait: lets a test know, without sleeping, that a wait is really held.
+    /// Panics after [`WAIT_DEADLINE`].
     pub fn await_blocked_waiters(&self, n: usize) {
+        let deadline = Instant::now() + WAIT_DEADLINE;
         let mut st = self.state();
         while st.blocked_waiters < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                let blocked = st.blocked_waiters;
+                drop(st);
+                panic!("{blocked} of {n} deregistration waits blocked after {WAIT_DEADLINE:?}");
+            }
             st = self
                 .inner
                 .cond
-                .wait(st)
-                .unwrap_or_else(PoisonError::into_inner);
+                .wait_timeout(st, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
         }
     }
 
@@ -158,12 +169,26 @@ impl Sim {
 
     /// With [`Delivery::Worker`]: blocks until the delivery queue is empty and
     /// the worker idle. Otherwise returns at once. Raises a deferred
-    /// [`crate::Policy::Panic`] violation.
+    /// [`crate::Policy::Panic`] violation. Panics if the worker is still
+    /// busy after [`WAIT_DEADLINE`] (a module callback that never returns).
     pub fn quiesce(&self) {
         if let Some(q) = &self.inner.queue {
+            let deadline = Instant::now() + WAIT_DEADLINE;
             let mut qs = lock(&q.state);
             while !qs.jobs.is_empty() || qs.busy {
-                qs = q.cond.wait(qs).unwrap_or_else(PoisonError::into_inner);
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    let jobs = qs.jobs.len();
+                    drop(qs);
+                    panic!(
+                        "quiesce: the delivery worker is still busy ({jobs} jobs queued) after {WAIT_DEADLINE:?}"
+                    );
+                }
+                qs = q
+                    .cond
+                    .wait_timeout(qs, left)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0;
             }
         }
         self.check();

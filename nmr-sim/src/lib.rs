@@ -26,6 +26,7 @@ mod context;
 mod core;
 mod delivery;
 mod detach;
+pub mod hostile;
 pub mod irql;
 mod level;
 mod lock;

@@ -609,6 +609,15 @@ fn table_functions(kind: Hostile, abi: CallAbi) -> [usize; 2] {
     }
 }
 
+/// Every function a hostile peer's tables hand out in `abi`: the only code
+/// outside the images that the images call through an NPI table (a host
+/// that checks the targets of the images' indirect calls must know them).
+pub fn call_targets(abi: CallAbi) -> [usize; 3] {
+    let [get_info, checksum] = table_functions(Hostile::OldProvider, abi);
+    let [notify, _] = table_functions(Hostile::FailingClient, abi);
+    [get_info, checksum, notify]
+}
+
 /// Why one of our modules declined a peer, as its trace line says.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Declines {
@@ -759,8 +768,8 @@ impl HostileReport {
             (
                 "declined by ours, by reason",
                 format!(
-                    "version {} (older provider {}, reached it {}), dispatch {}, module id {}, \
-                     characteristics {}, other {}",
+                    "version {} (older provider {}, offers reaching it {}), dispatch {}, \
+                     module id {}, characteristics {}, other {}",
                     d.version,
                     d.older,
                     old.accepted_wrongly,

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nmr_common::ffi::nt_success;
-use nmr_sim::hostile::{CallAbi, DeclineTally, Hostile, HostilePeer, HostileReport};
+use nmr_sim::hostile::{CallAbi, DeclineTally, HostileReport, HostileSlots};
 use nmr_sim::{Config, Sim, Stats};
 
 use crate::driver::Driver;
@@ -405,25 +405,14 @@ pub fn run(config: &ImageStressConfig, progress: &dyn Fn(u64)) -> Result<ImageRe
             client: None,
             provider: None,
         };
-        let mut hostile: Vec<(Hostile, u32, Option<HostilePeer>)> = (0..config.hostile)
-            .flat_map(|i| Hostile::ALL.map(|k| (k, i, None)))
-            .collect();
+        let mut hostile = HostileSlots::new(&sim, CallAbi::Win64, config.hostile);
         let mut phase_cycles = 0;
         while phase_cycles < config.phase_cycles && !done(report.cycles) {
             let both_loaded = slots.client.is_some() && slots.provider.is_some();
             if !hostile.is_empty() && rng.below(4) == 0 {
                 // A hostile peer, a quarter of the cycles.
                 let pick = rng.below(hostile.len() as u64) as usize;
-                let (kind, index, slot) = &mut hostile[pick];
-                match slot.take() {
-                    Some(mut peer) => {
-                        peer.unload();
-                        report.hostile.add_peer(&peer);
-                    }
-                    None => {
-                        *slot = Some(HostilePeer::load(&sim, *kind, CallAbi::Win64, *index));
-                    }
-                }
+                hostile.toggle(pick, &mut report.hostile);
                 report.cycles += 1;
                 phase_cycles += 1;
             } else if both_loaded && rng.below(8) == 0 {
@@ -472,10 +461,7 @@ pub fn run(config: &ImageStressConfig, progress: &dyn Fn(u64)) -> Result<ImageRe
             unload(d, &mut report);
             report.cycles += 1;
         }
-        for mut peer in hostile.iter_mut().filter_map(|(_, _, slot)| slot.take()) {
-            peer.unload();
-            report.hostile.add_peer(&peer);
-        }
+        hostile.unload_all(&mut report.hostile);
         sim.quiesce();
         report.nmr.add(&sim.stats());
         let violations = report.hostile.take_expected(sim.violations());

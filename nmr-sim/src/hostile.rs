@@ -387,6 +387,57 @@ impl Drop for HostilePeer {
     }
 }
 
+/// A stress's hostile peers: `per_kind` of each kind, each loaded or not.
+pub struct HostileSlots {
+    sim: Sim,
+    abi: CallAbi,
+    slots: Vec<(Hostile, u32, Option<HostilePeer>)>,
+}
+
+impl HostileSlots {
+    /// None loaded yet, for a model instance.
+    pub fn new(sim: &Sim, abi: CallAbi, per_kind: u32) -> HostileSlots {
+        HostileSlots {
+            sim: sim.clone(),
+            abi,
+            slots: (0..per_kind)
+                .flat_map(|i| Hostile::ALL.map(|k| (k, i, None)))
+                .collect(),
+        }
+    }
+
+    /// How many peers there are (loaded or not).
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// Loads peer `pick` (below [`HostileSlots::len`]) if it is not loaded,
+    /// else unloads it and adds what it saw to `report`.
+    pub fn toggle(&mut self, pick: usize, report: &mut HostileReport) {
+        let (kind, index, slot) = &mut self.slots[pick];
+        match slot.take() {
+            Some(mut peer) => {
+                peer.unload();
+                report.add_peer(&peer);
+            }
+            None => *slot = Some(HostilePeer::load(&self.sim, *kind, self.abi, *index)),
+        }
+    }
+
+    /// Unloads every loaded peer, adding what each saw to `report`.
+    pub fn unload_all(&mut self, report: &mut HostileReport) {
+        for mut peer in self.slots.iter_mut().filter_map(|(_, _, slot)| slot.take()) {
+            peer.unload();
+            report.add_peer(&peer);
+        }
+    }
+}
+
 impl Peer {
     /// A new binding context, kept until the peer is dropped.
     fn binding(&self, handle: HANDLE) -> *mut c_void {

@@ -11,7 +11,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
-use std::time::Instant;
 
 use nmr_common::ffi::*;
 
@@ -142,22 +141,17 @@ impl Sim {
     /// wait: lets a test know, without sleeping, that a wait is really held.
     /// Panics after [`WAIT_DEADLINE`].
     pub fn await_blocked_waiters(&self, n: usize) {
-        let deadline = Instant::now() + WAIT_DEADLINE;
-        let mut st = self.state();
-        while st.blocked_waiters < n {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                let blocked = st.blocked_waiters;
-                drop(st);
-                panic!("{blocked} of {n} deregistration waits blocked after {WAIT_DEADLINE:?}");
-            }
-            st = self
-                .inner
-                .cond
-                .wait_timeout(st, left)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
-        }
+        let (st, _) = self
+            .inner
+            .cond
+            .wait_timeout_while(self.state(), WAIT_DEADLINE, |st| st.blocked_waiters < n)
+            .unwrap_or_else(PoisonError::into_inner);
+        let blocked = st.blocked_waiters;
+        drop(st);
+        assert!(
+            blocked >= n,
+            "{blocked} of {n} deregistration waits blocked after {WAIT_DEADLINE:?}"
+        );
     }
 
     /// Gives the module whose `ModuleId` is the GUID `module_id` a name for
@@ -173,23 +167,18 @@ impl Sim {
     /// busy after [`WAIT_DEADLINE`] (a module callback that never returns).
     pub fn quiesce(&self) {
         if let Some(q) = &self.inner.queue {
-            let deadline = Instant::now() + WAIT_DEADLINE;
-            let mut qs = lock(&q.state);
-            while !qs.jobs.is_empty() || qs.busy {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    let jobs = qs.jobs.len();
-                    drop(qs);
-                    panic!(
-                        "quiesce: the delivery worker is still busy ({jobs} jobs queued) after {WAIT_DEADLINE:?}"
-                    );
-                }
-                qs = q
-                    .cond
-                    .wait_timeout(qs, left)
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .0;
-            }
+            let (qs, idle) = q
+                .cond
+                .wait_timeout_while(lock(&q.state), WAIT_DEADLINE, |qs| {
+                    !qs.jobs.is_empty() || qs.busy
+                })
+                .unwrap_or_else(PoisonError::into_inner);
+            let jobs = qs.jobs.len();
+            drop(qs);
+            assert!(
+                !idle.timed_out(),
+                "quiesce: the delivery worker is still busy ({jobs} jobs queued) after {WAIT_DEADLINE:?}"
+            );
         }
         self.check();
     }

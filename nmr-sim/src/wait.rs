@@ -3,7 +3,7 @@
 
 use std::cell::Cell;
 use std::sync::PoisonError;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nmr_common::ffi::*;
 
@@ -72,23 +72,18 @@ impl Sim {
         st.regs.get_mut(&h).expect("resolved").waiting = true;
         st.blocked_waiters += 1;
         self.inner.cond.notify_all();
-        let deadline = Instant::now() + WAIT_DEADLINE;
-        while !st.regs[&h].bindings.is_empty() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                let (module, bindings) = (st.regs[&h].name.clone(), st.regs[&h].bindings.len());
-                drop(st);
-                panic!(
-                    "{call}({module}): {bindings} binding(s) still not detached and \
-                     cleaned up after {WAIT_DEADLINE:?} (a PENDING detach never completed?)"
-                );
-            }
-            st = self
-                .inner
-                .cond
-                .wait_timeout(st, left)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
+        let (mut st, done) = self
+            .inner
+            .cond
+            .wait_timeout_while(st, WAIT_DEADLINE, |st| !st.regs[&h].bindings.is_empty())
+            .unwrap_or_else(PoisonError::into_inner);
+        if done.timed_out() {
+            let (module, bindings) = (st.regs[&h].name.clone(), st.regs[&h].bindings.len());
+            drop(st);
+            panic!(
+                "{call}({module}): {bindings} binding(s) still not detached and cleaned up \
+                 after {WAIT_DEADLINE:?} (a PENDING detach never completed?)"
+            );
         }
         st.blocked_waiters -= 1;
         // Forget the registration: nothing of it is touched again.

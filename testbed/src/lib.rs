@@ -23,7 +23,7 @@ use std::collections::HashMap;
 use std::ffi::c_void;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Once, PoisonError, Weak};
 use std::thread::ThreadId;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nmr_client_module::client::{Client, ClientConfig, ClientModule};
 use nmr_common::ffi::*;
@@ -182,25 +182,17 @@ impl TestNmr {
     /// Blocks until `count` delays are waiting at the closed gate `micros`.
     /// Panics after [`GATE_DEADLINE`].
     pub fn wait_for_waiters(&self, micros: u32, count: usize) {
-        let deadline = Instant::now() + GATE_DEADLINE;
-        let mut closed = self.gates.lock();
-        loop {
-            let waiting = closed.get(&micros).map_or(0, |g| g.waiters);
-            if waiting >= count {
-                return;
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            assert!(
-                !left.is_zero(),
-                "gate {micros}: {waiting} of {count} delays arrived in {GATE_DEADLINE:?}"
-            );
-            closed = self
-                .gates
-                .changed
-                .wait_timeout(closed, left)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
-        }
+        let waiting = |closed: &HashMap<u32, Gate>| closed.get(&micros).map_or(0, |g| g.waiters);
+        let (closed, _) = self
+            .gates
+            .changed
+            .wait_timeout_while(self.gates.lock(), GATE_DEADLINE, |c| waiting(c) < count)
+            .unwrap_or_else(PoisonError::into_inner);
+        let arrived = waiting(&closed);
+        assert!(
+            arrived >= count,
+            "gate {micros}: {arrived} of {count} delays arrived in {GATE_DEADLINE:?}"
+        );
     }
 }
 
@@ -280,26 +272,20 @@ impl Nmr for TestNmr {
             self.gates.changed.notify_all();
             // Bounded: a test that never opens the gate (or is stuck
             // elsewhere) gets its thread back, and `open` reports it.
-            let deadline = Instant::now() + GATE_DEADLINE;
-            while closed.contains_key(&micros) {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    closed.remove(&micros);
-                    self.gates
-                        .forced
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .push(micros);
-                    eprintln!("gate {micros}: held past {GATE_DEADLINE:?}; it opens itself");
-                    self.gates.changed.notify_all();
-                    break;
-                }
-                closed = self
-                    .gates
-                    .changed
-                    .wait_timeout(closed, left)
+            let (mut closed, held) = self
+                .gates
+                .changed
+                .wait_timeout_while(closed, GATE_DEADLINE, |c| c.contains_key(&micros))
+                .unwrap_or_else(PoisonError::into_inner);
+            if held.timed_out() {
+                closed.remove(&micros);
+                self.gates
+                    .forced
+                    .lock()
                     .unwrap_or_else(PoisonError::into_inner)
-                    .0;
+                    .push(micros);
+                eprintln!("gate {micros}: held past {GATE_DEADLINE:?}; it opens itself");
+                self.gates.changed.notify_all();
             }
             return;
         }

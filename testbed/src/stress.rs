@@ -14,7 +14,7 @@ use nmr_client_module::client::{Client, ClientCounts};
 use nmr_common::module::Unload;
 use nmr_common::trace::Event;
 use nmr_provider_module::provider::{Provider, ProviderCounts};
-use nmr_sim::hostile::{CallAbi, DeclineTally, Hostile, HostilePeer, HostileReport};
+use nmr_sim::hostile::{CallAbi, DeclineTally, HostileReport, HostileSlots};
 use nmr_sim::{Config, Delivery, DetachOrder, Policy, Sim};
 
 use crate::{TestNmr, client_config, load_client, load_provider, payload, provider_config};
@@ -348,9 +348,7 @@ fn run_phase(
         });
     }
     // The hostile peers: toggled by this thread only, a quarter of the cycles.
-    let mut hostile: Vec<(Hostile, u32, Option<HostilePeer>)> = (0..config.hostile)
-        .flat_map(|i| Hostile::ALL.map(|k| (k, i, None)))
-        .collect();
+    let mut hostile = HostileSlots::new(nmr.sim(), CallAbi::System, config.hostile);
     let declines = Arc::new(DeclineTally::default());
     let tally = declines.clone();
     nmr.observe_traces(Box::new(move |record| {
@@ -377,17 +375,7 @@ fn run_phase(
             let c = rng.usize(..clients);
             let p = clients + rng.usize(..slots.len() - clients);
             if !hostile.is_empty() && rng.u8(..4) == 0 {
-                let pick = rng.usize(..hostile.len());
-                let (kind, index, slot) = &mut hostile[pick];
-                match slot.take() {
-                    Some(mut peer) => {
-                        peer.unload();
-                        report.hostile.add_peer(&peer);
-                    }
-                    None => {
-                        *slot = Some(HostilePeer::load(nmr.sim(), *kind, CallAbi::System, *index));
-                    }
-                }
+                hostile.toggle(rng.usize(..hostile.len()), &mut report.hostile);
             } else if both
                 && slots[c].module.read().unwrap().is_some()
                 && slots[p].module.read().unwrap().is_some()
@@ -422,10 +410,7 @@ fn run_phase(
             progress(report.cycles);
         }
         // End of phase: unload whatever is still loaded, workers still running.
-        for mut peer in hostile.iter_mut().filter_map(|(_, _, slot)| slot.take()) {
-            peer.unload();
-            report.hostile.add_peer(&peer);
-        }
+        hostile.unload_all(&mut report.hostile);
         for slot in &slots {
             if slot.module.read().unwrap().is_some() {
                 let m = take(slot);

@@ -381,23 +381,24 @@ pub(crate) extern "win64" fn zw_wait_for_single_object(
     // SAFETY: null or the caller's LARGE_INTEGER.
     let timeout = unsafe { timeout.as_ref() }.copied();
     let (m, cv) = &*done;
-    let mut finished = m.lock().unwrap_or_else(|e| e.into_inner());
-    match timeout {
-        None => {
-            while !*finished {
-                finished = cv.wait(finished).unwrap_or_else(|e| e.into_inner());
-            }
-        }
-        Some(t) => {
-            let wait = Duration::from_nanos(t.unsigned_abs().saturating_mul(100));
-            let (g, _) = cv
-                .wait_timeout_while(finished, wait, |f| !*f)
-                .unwrap_or_else(|e| e.into_inner());
-            finished = g;
-            if !*finished {
-                return STATUS_TIMEOUT;
-            }
-        }
+    let finished = m.lock().unwrap_or_else(|e| e.into_inner());
+    // Without a timeout Windows waits forever; the host gives up after the
+    // model's deadline, so that a driver thread that never ends fails the
+    // run (a panic here aborts the process) instead of hanging it.
+    let wait = timeout.map_or(nmr_sim::WAIT_DEADLINE, |t| {
+        Duration::from_nanos(t.unsigned_abs().saturating_mul(100))
+    });
+    let (finished, _) = cv
+        .wait_timeout_while(finished, wait, |f| !*f)
+        .unwrap_or_else(|e| e.into_inner());
+    if !*finished {
+        drop(finished);
+        assert!(
+            timeout.is_some(),
+            "ZwWaitForSingleObject({handle:p}): the thread has not ended after {:?}",
+            nmr_sim::WAIT_DEADLINE
+        );
+        return STATUS_TIMEOUT;
     }
     STATUS_SUCCESS
 }

@@ -337,6 +337,12 @@ pub fn run(config: &ImageStressConfig, progress: &dyn Fn(u64)) -> Result<ImageRe
     let binding = ModelBinding::bind(Sim::new(Config::default().recording()));
     let mut report = ImageReport::default();
     report.hostile.per_kind = config.hostile;
+    // The hostile peers stand for other drivers: the functions their tables
+    // hand out would be entries of those drivers' guard tables, valid CFG
+    // targets (exactly those addresses; anything else is still stopped).
+    for target in nmr_sim::hostile::call_targets(CallAbi::Win64) {
+        crate::cfg::allow_export(target);
+    }
     let trace = Arc::new(Mutex::new(Vec::new()));
     // The images' declines and unused bindings, by reason, for the hostile
     // peers' books (every line: the sink sees them all).

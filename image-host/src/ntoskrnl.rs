@@ -526,9 +526,19 @@ pub(crate) extern "win64" fn zw_wait_for_single_object(
     let mut finished = m.lock().unwrap_or_else(|e| e.into_inner());
     match timeout {
         None => {
-            while !*finished {
-                finished = cv.wait(finished).unwrap_or_else(|e| e.into_inner());
-            }
+            // Without a timeout Windows waits forever; the host gives up
+            // after the model's deadline, so that a driver thread that never
+            // ends fails the run (a panic here aborts the process) instead
+            // of hanging it.
+            let (g, _) = cv
+                .wait_timeout_while(finished, nmr_sim::WAIT_DEADLINE, |f| !*f)
+                .unwrap_or_else(|e| e.into_inner());
+            finished = g;
+            assert!(
+                *finished,
+                "ZwWaitForSingleObject({handle:p}): the thread has not ended after {:?}",
+                nmr_sim::WAIT_DEADLINE
+            );
         }
         Some(t) => {
             let wait = timeout_duration("ZwWaitForSingleObject", t);

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nmr_common::ffi::nt_success;
+use nmr_sim::hostile::{CallAbi, DeclineTally, HostileReport, HostileSlots};
 use nmr_sim::{Config, Sim, Stats};
 
 use crate::driver::Driver;
@@ -44,6 +45,9 @@ pub struct ImageStressConfig {
     pub phase_cycles: u64,
     /// Collect the drivers' DbgPrintEx lines.
     pub trace: bool,
+    /// Hostile and outdated raw peers ([`nmr_sim::hostile`]), this many of
+    /// each kind, loaded and unloaded among the images.
+    pub hostile: u32,
 }
 
 impl Default for ImageStressConfig {
@@ -57,6 +61,7 @@ impl Default for ImageStressConfig {
             worker_period_us: 200,
             phase_cycles: 40,
             trace: false,
+            hostile: 1,
         }
     }
 }
@@ -80,7 +85,10 @@ pub struct ImageReport {
     pub calls_into_provider: u64,
     /// NPI calls into the client.
     pub calls_into_client: u64,
-    /// Contract violations, as the model words them.
+    /// The hostile peers: what they saw, what the images said.
+    pub hostile: HostileReport,
+    /// Contract violations, as the model words them (the failing hostile
+    /// client's own, expected, are counted in `hostile` instead).
     pub violations: Vec<String>,
     /// What the stand-ins saw (leaks, bad frees, overruns, no DriverUnload...).
     pub problems: Vec<String>,
@@ -151,11 +159,12 @@ impl ImageReport {
                 self.threads.running
             ));
         }
-        if n.attach_offers != 0 && n.attach_declines != 0 {
+        let declined = n.attach_declines - self.hostile.declines_involving_hostile();
+        if declined != 0 {
             f.push(format!(
-                "{} of {} attach offers between the client and the provider were declined \
+                "{declined} of {} attach offers between the client and the provider were declined \
                  (they speak the same NPI version: every attach must succeed)",
-                n.attach_declines, n.attach_offers
+                n.attach_offers
             ));
         }
         if self.loads > 2 && n.bindings_made == 0 {
@@ -187,7 +196,10 @@ impl ImageReport {
                     .into(),
             );
         }
-        f.extend(n.detach_imbalances(n.bindings_made));
+        // A client failing after attach (R3) leaves a provider side only.
+        let r3 = self.hostile.r3_recoveries();
+        f.extend(n.detach_imbalances_per_side(n.bindings_made, n.bindings_made + r3));
+        f.extend(self.hostile.failures(self.cycles >= 1_000));
         f
     }
 
@@ -209,6 +221,7 @@ impl ImageReport {
             ("bindings attached", n.bindings_made.to_string()),
             ("attaches declined", n.attach_declines.to_string()),
         ];
+        rows.extend(self.hostile.rows());
         rows.extend(n.detach_rows());
         rows.extend([
             (
@@ -377,16 +390,27 @@ pub fn run(config: &ImageStressConfig, progress: &dyn Fn(u64)) -> Result<ImageRe
     // the binding is what serialises their users.
     let binding = ModelBinding::bind(Sim::new(Config::default().recording()));
     let mut report = ImageReport::default();
+    report.hostile.per_kind = config.hostile;
+    // The hostile peers stand for other drivers: the functions their tables
+    // hand out would be entries of those drivers' guard tables, valid CFG
+    // targets (exactly those addresses; anything else is still stopped).
+    for target in nmr_sim::hostile::call_targets(CallAbi::Win64) {
+        crate::cfg::allow_export(target);
+    }
     let trace = Arc::new(Mutex::new(Vec::new()));
-    if config.trace {
-        let t = trace.clone();
+    // The images' declines and unused bindings, by reason, for the hostile
+    // peers' books (every line: the sink sees them all).
+    let declines = Arc::new(DeclineTally::default());
+    {
+        let (t, d, keep) = (trace.clone(), declines.clone(), config.trace);
         ntoskrnl::set_trace_sink(Some(Box::new(move |l| {
-            t.lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(l.to_owned())
+            d.observe(l);
+            if keep {
+                t.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(l.to_owned())
+            }
         })));
-    } else {
-        ntoskrnl::set_trace_sink(None);
     }
     ntoskrnl::set_call_latency_us(config.latency_us);
     ntoskrnl::set_delay_cap_us(config.worker_period_us);
@@ -444,10 +468,17 @@ pub fn run(config: &ImageStressConfig, progress: &dyn Fn(u64)) -> Result<ImageRe
             client: None,
             provider: None,
         };
+        let mut hostile = HostileSlots::new(&sim, CallAbi::Win64, config.hostile);
         let mut phase_cycles = 0;
         while phase_cycles < config.phase_cycles && !done(report.cycles) {
             let both_loaded = slots.client.is_some() && slots.provider.is_some();
-            if both_loaded && rng.below(8) == 0 {
+            if !hostile.is_empty() && rng.below(4) == 0 {
+                // A hostile peer, a quarter of the cycles.
+                let pick = rng.below(hostile.len() as u64) as usize;
+                hostile.toggle(pick, &mut report.hostile);
+                report.cycles += 1;
+                phase_cycles += 1;
+            } else if both_loaded && rng.below(8) == 0 {
                 // Both at once, on two threads.
                 let (c, p) = (
                     slots.client.take().expect("loaded"),
@@ -493,16 +524,26 @@ pub fn run(config: &ImageStressConfig, progress: &dyn Fn(u64)) -> Result<ImageRe
             unload(d, &mut report);
             report.cycles += 1;
         }
+        hostile.unload_all(&mut report.hostile);
         sim.quiesce();
         report.nmr.add(&sim.stats());
+        let violations = report.hostile.take_expected(sim.violations());
         report
             .violations
-            .extend(sim.violations().iter().map(|v| v.to_string()));
+            .extend(violations.iter().map(|v| v.to_string()));
         report.leaked_bindings += sim.live_bindings() as u64;
         report.leaked_registrations += sim.live_registrations() as u64;
-        report
-            .problems
-            .extend(problems::take().iter().map(|p| p.to_string()));
+        // The client's `peer-fault ... binding unused` lines for the
+        // short-table provider are its contract (counted in `hostile`).
+        let unused = |p: &problems::Problem| {
+            p.kind == problems::Kind::PeerFault && p.text.contains("binding unused")
+        };
+        report.problems.extend(
+            problems::take()
+                .iter()
+                .filter(|p| config.hostile == 0 || !unused(p))
+                .map(|p| p.to_string()),
+        );
         if !report.violations.is_empty()
             || !report.problems.is_empty()
             || !report.failed_loads.is_empty()
@@ -512,6 +553,7 @@ pub fn run(config: &ImageStressConfig, progress: &dyn Fn(u64)) -> Result<ImageRe
     }
     heartbeat.store(u64::MAX, Ordering::Relaxed);
     let _ = watchdog.join();
+    report.hostile.add_declines(&declines.counts());
     drop(binding);
     ntoskrnl::set_trace_sink(None);
     ntoskrnl::set_call_latency_us(0);

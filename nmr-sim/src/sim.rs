@@ -20,6 +20,7 @@ use crate::delivery::worker;
 use crate::log::{LogEntry, NmrEvent};
 use crate::state::{BindingInfo, HANDLE_BASE, Phase, Rng, State, Stats};
 use crate::violation::Violation;
+use crate::wait::WAIT_DEADLINE;
 
 impl Sim {
     /// A new model with `config`. With [`Delivery::Worker`] or
@@ -138,15 +139,19 @@ impl Sim {
 
     /// Blocks until at least `n` threads are blocked in a deregistration
     /// wait: lets a test know, without sleeping, that a wait is really held.
+    /// Panics after [`WAIT_DEADLINE`].
     pub fn await_blocked_waiters(&self, n: usize) {
-        let mut st = self.state();
-        while st.blocked_waiters < n {
-            st = self
-                .inner
-                .cond
-                .wait(st)
-                .unwrap_or_else(PoisonError::into_inner);
-        }
+        let (st, _) = self
+            .inner
+            .cond
+            .wait_timeout_while(self.state(), WAIT_DEADLINE, |st| st.blocked_waiters < n)
+            .unwrap_or_else(PoisonError::into_inner);
+        let blocked = st.blocked_waiters;
+        drop(st);
+        assert!(
+            blocked >= n,
+            "{blocked} of {n} deregistration waits blocked after {WAIT_DEADLINE:?}"
+        );
     }
 
     /// Gives the module whose `ModuleId` is the GUID `module_id` a name for
@@ -158,13 +163,22 @@ impl Sim {
 
     /// With [`Delivery::Worker`]: blocks until the delivery queue is empty and
     /// the worker idle. Otherwise returns at once. Raises a deferred
-    /// [`crate::Policy::Panic`] violation.
+    /// [`crate::Policy::Panic`] violation. Panics if the worker is still
+    /// busy after [`WAIT_DEADLINE`] (a module callback that never returns).
     pub fn quiesce(&self) {
         if let Some(q) = &self.inner.queue {
-            let mut qs = lock(&q.state);
-            while !qs.jobs.is_empty() || qs.busy {
-                qs = q.cond.wait(qs).unwrap_or_else(PoisonError::into_inner);
-            }
+            let (qs, idle) = q
+                .cond
+                .wait_timeout_while(lock(&q.state), WAIT_DEADLINE, |qs| {
+                    !qs.jobs.is_empty() || qs.busy
+                })
+                .unwrap_or_else(PoisonError::into_inner);
+            let jobs = qs.jobs.len();
+            drop(qs);
+            assert!(
+                !idle.timed_out(),
+                "quiesce: the delivery worker is still busy ({jobs} jobs queued) after {WAIT_DEADLINE:?}"
+            );
         }
         self.check();
     }

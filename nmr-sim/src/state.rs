@@ -125,20 +125,29 @@ impl Stats {
     /// exactly once, every binding detached once per side and cleaned up once
     /// per side. Empty when they balance.
     pub fn detach_imbalances(&self, bindings: u64) -> Vec<String> {
+        self.detach_imbalances_per_side(bindings, bindings)
+    }
+
+    /// [`Stats::detach_imbalances`] where the provider side counts more
+    /// bindings than the client side: those of a client that failed after
+    /// its provider attached (R3), whose provider side alone the NMR
+    /// detaches and cleans up.
+    pub fn detach_imbalances_per_side(&self, client: u64, provider: u64) -> Vec<String> {
         let mut problems = Vec::new();
         if self.client_completes != self.client_detach_pending
             || self.provider_completes != self.provider_detach_pending
         {
             problems.push("a PENDING detach was not completed exactly once".into());
         }
-        if self.client_cleanups != bindings || self.provider_cleanups != bindings {
+        if self.client_cleanups != client || self.provider_cleanups != provider {
             problems.push(format!(
-                "cleanups ({} client, {} provider) do not match bindings made ({bindings})",
+                "cleanups ({} client, {} provider) do not match bindings made ({client} client \
+                 side, {provider} provider side)",
                 self.client_cleanups, self.provider_cleanups
             ));
         }
-        if self.client_detach_success + self.client_detach_pending != bindings
-            || self.provider_detach_success + self.provider_detach_pending != bindings
+        if self.client_detach_success + self.client_detach_pending != client
+            || self.provider_detach_success + self.provider_detach_pending != provider
         {
             problems.push("a binding was not detached exactly once per side".into());
         }

@@ -3,6 +3,7 @@
 
 use std::cell::Cell;
 use std::sync::PoisonError;
+use std::time::Duration;
 
 use nmr_common::ffi::*;
 
@@ -12,6 +13,12 @@ use crate::level::{self as irql, Irql};
 use crate::log::{NmrEvent, Side};
 use crate::state::Resolved;
 use crate::violation::Violation;
+
+/// The longest `NmrWaitFor*DeregisterComplete` (and the model's other test
+/// waits) block. The real NMR waits forever; the model panics past this,
+/// naming what it waited for, so that a module that never completes a
+/// PENDING detach fails its test instead of hanging it.
+pub const WAIT_DEADLINE: Duration = Duration::from_secs(120);
 
 impl Sim {
     pub(crate) fn wait(&self, side: Side, handle: HANDLE) -> NTSTATUS {
@@ -65,12 +72,18 @@ impl Sim {
         st.regs.get_mut(&h).expect("resolved").waiting = true;
         st.blocked_waiters += 1;
         self.inner.cond.notify_all();
-        while !st.regs[&h].bindings.is_empty() {
-            st = self
-                .inner
-                .cond
-                .wait(st)
-                .unwrap_or_else(PoisonError::into_inner);
+        let (mut st, done) = self
+            .inner
+            .cond
+            .wait_timeout_while(st, WAIT_DEADLINE, |st| !st.regs[&h].bindings.is_empty())
+            .unwrap_or_else(PoisonError::into_inner);
+        if done.timed_out() {
+            let (module, bindings) = (st.regs[&h].name.clone(), st.regs[&h].bindings.len());
+            drop(st);
+            panic!(
+                "{call}({module}): {bindings} binding(s) still not detached and cleaned up \
+                 after {WAIT_DEADLINE:?} (a PENDING detach never completed?)"
+            );
         }
         st.blocked_waiters -= 1;
         // Forget the registration: nothing of it is touched again.

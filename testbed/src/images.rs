@@ -25,6 +25,8 @@ pub struct ImageArgs {
     pub phase_cycles: u64,
     /// Print the drivers' DbgPrintEx lines.
     pub trace: bool,
+    /// Hostile raw peers of each kind mixed in (`--hostile`).
+    pub hostile: u32,
 }
 
 fn no_images(dir: &Path) -> ExitCode {
@@ -52,10 +54,11 @@ pub fn stress(args: &ImageArgs, progress: &(dyn Fn(u64) + Sync)) -> ExitCode {
         worker_period_us: args.worker_period_us,
         phase_cycles: args.phase_cycles,
         trace: args.trace,
+        hostile: args.hostile,
     };
     println!(
         "stress: the shipped images from {} ({} and {}), seed {}, {}, calls held {} us, \
-         worker period {} us, {} cycles per model instance",
+         worker period {} us, {} cycles per model instance, +{} hostile peers of each kind",
         config.images.display(),
         stress::CLIENT_IMAGE,
         stress::PROVIDER_IMAGE,
@@ -67,6 +70,7 @@ pub fn stress(args: &ImageArgs, progress: &(dyn Fn(u64) + Sync)) -> ExitCode {
         config.latency_us,
         config.worker_period_us,
         config.phase_cycles,
+        config.hostile,
     );
     let report = match stress::run(&config, progress) {
         Ok(r) => r,

@@ -21,7 +21,9 @@ pub mod throughput;
 
 use std::collections::HashMap;
 use std::ffi::c_void;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Once, PoisonError, Weak};
+use std::thread::ThreadId;
+use std::time::Duration;
 
 use nmr_client_module::client::{Client, ClientConfig, ClientModule};
 use nmr_common::ffi::*;
@@ -36,10 +38,61 @@ pub const CHECKSUM_GATE: u32 = 1;
 /// Gate number of the client's `notify` delay (its `notify_delay_us`).
 pub const NOTIFY_GATE: u32 = 2;
 
+/// The longest a test waits at a gate, or for waiters at one: past it the
+/// wait fails (or the gate opens itself) instead of hanging the test.
+pub const GATE_DEADLINE: Duration = Duration::from_secs(60);
+
+struct Gate {
+    waiters: usize,
+    // The thread that closed it: if that thread panics, the gate opens.
+    closer: ThreadId,
+}
+
 #[derive(Default)]
 struct Gates {
-    closed: Mutex<HashMap<u32, usize>>, // gate -> waiters, present = closed
+    closed: Mutex<HashMap<u32, Gate>>, // present = closed
+    // Gates a delay held past GATE_DEADLINE opened.
+    forced: Mutex<Vec<u32>>,
     changed: Condvar,
+}
+
+impl Gates {
+    /// Opens every gate `thread` closed.
+    fn open_closed_by(&self, thread: ThreadId) {
+        self.lock().retain(|_, gate| gate.closer != thread);
+        self.changed.notify_all();
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<u32, Gate>> {
+        self.closed.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Every live set of gates, for the panic hook.
+static LIVE_GATES: Mutex<Vec<Weak<Gates>>> = Mutex::new(Vec::new());
+
+/// A panic hook, installed once, that opens the gates the panicking thread
+/// closed before the default hook prints the panic: a test that fails while
+/// another thread is held at its gate (inside `std::thread::scope`, which
+/// joins that thread) then fails instead of hanging.
+fn open_gates_on_panic() {
+    static INSTALL: Once = Once::new();
+    INSTALL.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let me = std::thread::current().id();
+            let live: Vec<_> = LIVE_GATES
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .iter()
+                .filter_map(Weak::upgrade)
+                .collect();
+            for gates in live {
+                gates.open_closed_by(me);
+            }
+            previous(info);
+        }));
+    });
 }
 
 /// The model with gates on the modules' delays. Cheap to clone.
@@ -59,9 +112,15 @@ pub type TraceObserver = Box<dyn Fn(&Record<'_>) + Send + Sync>;
 impl TestNmr {
     /// Wraps a model.
     pub fn new(sim: Sim) -> Self {
+        open_gates_on_panic();
+        let gates = Arc::default();
+        let mut live = LIVE_GATES.lock().unwrap_or_else(PoisonError::into_inner);
+        live.retain(|g| g.strong_count() != 0);
+        live.push(Arc::downgrade(&gates));
+        drop(live);
         TestNmr {
             sim,
-            gates: Arc::default(),
+            gates,
             fail_deregister: Arc::default(),
             observer: Arc::default(),
         }
@@ -93,23 +152,47 @@ impl TestNmr {
         &self.sim
     }
 
-    /// Closes gate `micros`: delays of that many microseconds wait until it opens.
+    /// Closes gate `micros`: delays of that many microseconds wait until it
+    /// opens. It opens itself if the closing thread panics (so a failing
+    /// test never leaves a thread held), and a delay held longer than
+    /// [`GATE_DEADLINE`] opens it too; [`TestNmr::open`] then fails.
     pub fn close(&self, micros: u32) {
-        self.gates.closed.lock().unwrap().insert(micros, 0);
+        let closer = std::thread::current().id();
+        self.gates
+            .lock()
+            .insert(micros, Gate { waiters: 0, closer });
     }
 
-    /// Opens gate `micros`, releasing every delay waiting at it.
+    /// Opens gate `micros`, releasing every delay waiting at it. Panics if
+    /// the gate had already opened itself (a delay held past its deadline).
     pub fn open(&self, micros: u32) {
-        self.gates.closed.lock().unwrap().remove(&micros);
+        self.gates.lock().remove(&micros);
         self.gates.changed.notify_all();
+        let forced = self
+            .gates
+            .forced
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        assert!(
+            !forced.contains(&micros),
+            "gate {micros} opened itself: a delay was held there past {GATE_DEADLINE:?}"
+        );
     }
 
     /// Blocks until `count` delays are waiting at the closed gate `micros`.
+    /// Panics after [`GATE_DEADLINE`].
     pub fn wait_for_waiters(&self, micros: u32, count: usize) {
-        let mut closed = self.gates.closed.lock().unwrap();
-        while closed.get(&micros).copied().unwrap_or(0) < count {
-            closed = self.gates.changed.wait(closed).unwrap();
-        }
+        let waiting = |closed: &HashMap<u32, Gate>| closed.get(&micros).map_or(0, |g| g.waiters);
+        let (closed, _) = self
+            .gates
+            .changed
+            .wait_timeout_while(self.gates.lock(), GATE_DEADLINE, |c| waiting(c) < count)
+            .unwrap_or_else(PoisonError::into_inner);
+        let arrived = waiting(&closed);
+        assert!(
+            arrived >= count,
+            "gate {micros}: {arrived} of {count} delays arrived in {GATE_DEADLINE:?}"
+        );
     }
 }
 
@@ -183,12 +266,26 @@ impl Nmr for TestNmr {
     }
     fn delay(&self, micros: u32) {
         nmr_sim::irql::assert_can_block("a module's delay");
-        let mut closed = self.gates.closed.lock().unwrap();
-        if let Some(waiters) = closed.get_mut(&micros) {
-            *waiters += 1;
+        let mut closed = self.gates.lock();
+        if let Some(gate) = closed.get_mut(&micros) {
+            gate.waiters += 1;
             self.gates.changed.notify_all();
-            while closed.contains_key(&micros) {
-                closed = self.gates.changed.wait(closed).unwrap();
+            // Bounded: a test that never opens the gate (or is stuck
+            // elsewhere) gets its thread back, and `open` reports it.
+            let (mut closed, held) = self
+                .gates
+                .changed
+                .wait_timeout_while(closed, GATE_DEADLINE, |c| c.contains_key(&micros))
+                .unwrap_or_else(PoisonError::into_inner);
+            if held.timed_out() {
+                closed.remove(&micros);
+                self.gates
+                    .forced
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(micros);
+                eprintln!("gate {micros}: held past {GATE_DEADLINE:?}; it opens itself");
+                self.gates.changed.notify_all();
             }
             return;
         }

@@ -91,6 +91,12 @@ struct StressArgs {
     /// Extra clients speaking a future NPI version, which providers must decline.
     #[arg(long, default_value_t = 1)]
     incompatible: u32,
+    /// Hostile and outdated raw peers, this many of each of five kinds (an
+    /// older-version provider, a short-table provider, a foreign provider and
+    /// client, a client failing after attach), which ours must decline or
+    /// survive; with --images too. 0: none.
+    #[arg(long, default_value_t = 1)]
+    hostile: u32,
     /// Worker threads making calls.
     #[arg(long, default_value_t = 4)]
     threads: u32,
@@ -163,6 +169,7 @@ fn main() -> ExitCode {
             worker_period_us: args.worker_period_us,
             phase_cycles: args.phase_cycles.unwrap_or(40).max(1),
             trace: args.trace,
+            hostile: args.hostile,
         };
         return with_progress(config.cycles, config.duration, |progress| {
             testbed::images::stress(&config, progress)
@@ -174,6 +181,7 @@ fn main() -> ExitCode {
         clients: args.clients.max(1),
         providers: args.providers.max(1),
         incompatible: args.incompatible,
+        hostile: args.hostile,
         threads: args.threads,
         seed: args.seed,
         latency_us: args.latency_us,
@@ -183,9 +191,10 @@ fn main() -> ExitCode {
         ..StressConfig::default()
     };
     println!(
-        "stress: {} clients (+{} incompatible), {} providers, {} worker threads, seed {}, {}",
+        "stress: {} clients (+{} incompatible, +{} hostile of each kind), {} providers, {} worker threads, seed {}, {}",
         config.clients,
         config.incompatible,
+        config.hostile,
         config.providers,
         config.threads,
         config.seed,

@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use nmr_client_module::client::{Client, ClientCounts};
 use nmr_common::module::Unload;
+use nmr_common::trace::Event;
 use nmr_provider_module::provider::{Provider, ProviderCounts};
+use nmr_sim::hostile::{CallAbi, DeclineTally, HostileReport, HostileSlots};
 use nmr_sim::{Config, Delivery, DetachOrder, Policy, Sim};
 
 use crate::{TestNmr, client_config, load_client, load_provider, payload, provider_config};
@@ -31,6 +33,10 @@ pub struct StressConfig {
     /// Extra clients that speak only a future NPI version: every provider
     /// must decline them.
     pub incompatible: u32,
+    /// Hostile and outdated raw peers ([`nmr_sim::hostile`]): this many of
+    /// each kind, loaded and unloaded among the modules; ours must decline
+    /// or survive each one.
+    pub hostile: u32,
     /// Worker threads calling through the bindings.
     pub threads: u32,
     /// Seed of everything random.
@@ -55,6 +61,7 @@ impl Default for StressConfig {
             clients: 3,
             providers: 2,
             incompatible: 1,
+            hostile: 1,
             threads: 4,
             seed: 1,
             latency_us: 50,
@@ -85,7 +92,10 @@ pub struct Report {
     pub client: ClientCounts,
     /// The providers' counters, summed.
     pub provider: ProviderCounts,
-    /// Contract violations, as the model words them.
+    /// The hostile peers: what they saw, what ours said.
+    pub hostile: HostileReport,
+    /// Contract violations, as the model words them (the failing hostile
+    /// client's own, expected, are counted in `hostile` instead).
     pub violations: Vec<String>,
     /// Bindings not cleaned up after everything unloaded.
     pub leaked_bindings: u64,
@@ -123,7 +133,10 @@ impl Report {
                 self.client.calls
             ));
         }
-        f.extend(n.detach_imbalances(n.attaches));
+        // A client failing after attach (R3) leaves a provider side only.
+        let r3 = self.hostile.r3_recoveries();
+        f.extend(n.detach_imbalances_per_side(n.attaches - r3, n.attaches));
+        f.extend(self.hostile.failures(self.cycles >= 1_000));
         f
     }
 
@@ -151,6 +164,7 @@ impl Report {
                 ),
             ),
         ];
+        rows.extend(self.hostile.rows());
         rows.extend(n.detach_rows());
         rows.extend([
             (
@@ -218,6 +232,7 @@ struct Slot {
 pub fn run(config: &StressConfig, progress: &(dyn Fn(u64) + Sync)) -> Report {
     let start = Instant::now();
     let mut report = Report::default();
+    report.hostile.per_kind = config.hostile;
     let heartbeat = Arc::new(AtomicU64::new(0));
     let finished = Arc::new(AtomicBool::new(false));
     let watchdog = spawn_watchdog(heartbeat.clone(), finished.clone(), config.hang_timeout);
@@ -332,6 +347,15 @@ fn run_phase(
             }),
         });
     }
+    // The hostile peers: toggled by this thread only, a quarter of the cycles.
+    let mut hostile = HostileSlots::new(nmr.sim(), CallAbi::System, config.hostile);
+    let declines = Arc::new(DeclineTally::default());
+    let tally = declines.clone();
+    nmr.observe_traces(Box::new(move |record| {
+        if matches!(record.event, Event::AttachDeclined | Event::PeerFault) {
+            tally.observe(&record.to_string());
+        }
+    }));
     let clients = (config.clients + config.incompatible) as usize;
     let stop = AtomicBool::new(false);
     let mut retired: Vec<Module> = Vec::new();
@@ -350,7 +374,9 @@ fn run_phase(
             let both = rng.u8(..8) == 0;
             let c = rng.usize(..clients);
             let p = clients + rng.usize(..slots.len() - clients);
-            if both
+            if !hostile.is_empty() && rng.u8(..4) == 0 {
+                hostile.toggle(rng.usize(..hostile.len()), &mut report.hostile);
+            } else if both
                 && slots[c].module.read().unwrap().is_some()
                 && slots[p].module.read().unwrap().is_some()
             {
@@ -384,6 +410,7 @@ fn run_phase(
             progress(report.cycles);
         }
         // End of phase: unload whatever is still loaded, workers still running.
+        hostile.unload_all(&mut report.hostile);
         for slot in &slots {
             if slot.module.read().unwrap().is_some() {
                 let m = take(slot);
@@ -415,9 +442,11 @@ fn run_phase(
     sim.quiesce();
     report.leaked_bindings += sim.live_bindings() as u64;
     report.leaked_registrations += sim.live_registrations() as u64;
+    let violations = report.hostile.take_expected(sim.violations());
     report
         .violations
-        .extend(sim.violations().iter().map(|v| v.to_string()));
+        .extend(violations.iter().map(|v| v.to_string()));
+    report.hostile.add_declines(&declines.counts());
     report.nmr.add(&sim.stats());
     if config.trace {
         report.trace.extend(

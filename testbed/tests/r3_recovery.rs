@@ -10,7 +10,7 @@
 use std::ffi::c_void;
 use std::ptr;
 use std::sync::atomic::{AtomicU32, Ordering::SeqCst};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 
 use nmr_common::ffi::*;
 use nmr_common::nmr::Nmr;
@@ -20,7 +20,10 @@ use nmr_common::npi::{
 use nmr_provider_module::provider::{ProviderConfig, ProviderModule};
 use nmr_sim::{Config, Delivery, Policy, Sim, Violation};
 
-/// A gate a `notify` can be held at.
+/// A gate a `notify` can be held at. Bounded both ways: a held `notify`
+/// lets itself through after the deadline (the test then fails on its
+/// counts instead of hanging inside `std::thread::scope`), and waiting for
+/// one to arrive panics after it.
 #[derive(Default)]
 struct Gate {
     state: Mutex<(bool, u32)>, // (open, held)
@@ -28,22 +31,28 @@ struct Gate {
 }
 
 impl Gate {
-    fn hold(&self) {
-        let mut st = self.state.lock().unwrap();
-        st.1 += 1;
-        self.changed.notify_all();
-        while !st.0 {
-            st = self.changed.wait(st).unwrap();
+    fn wait_while(&self, what: &str, mut cond: impl FnMut(&(bool, u32)) -> bool) -> bool {
+        let st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let (st, timeout) = self
+            .changed
+            .wait_timeout_while(st, testbed::GATE_DEADLINE, |st| cond(st))
+            .unwrap_or_else(PoisonError::into_inner);
+        drop(st);
+        if timeout.timed_out() {
+            eprintln!("{what}: not in {:?}", testbed::GATE_DEADLINE);
         }
+        !timeout.timed_out()
+    }
+    fn hold(&self) {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner).1 += 1;
+        self.changed.notify_all();
+        self.wait_while("the held notify was let through", |st| !st.0);
     }
     fn await_held(&self) {
-        let mut st = self.state.lock().unwrap();
-        while st.1 == 0 {
-            st = self.changed.wait(st).unwrap();
-        }
+        assert!(self.wait_while("a notify reached the gate", |st| st.1 == 0));
     }
     fn open(&self) {
-        self.state.lock().unwrap().0 = true;
+        self.state.lock().unwrap_or_else(PoisonError::into_inner).0 = true;
         self.changed.notify_all();
     }
 }

@@ -87,16 +87,24 @@ pub fn gate() -> (Arc<Gate>, GateCtl) {
 }
 
 impl Gate {
+    /// Waits to be let through; opens itself when the test's control is
+    /// dropped (the test panicked) or after [`nmr_sim::WAIT_DEADLINE`].
     fn pass(&self) {
         let _ = self.entered.lock().unwrap().send(());
-        let _ = self.release.lock().unwrap().recv();
+        let _ = self
+            .release
+            .lock()
+            .unwrap()
+            .recv_timeout(nmr_sim::WAIT_DEADLINE);
     }
 }
 
 impl GateCtl {
     /// Blocks until a callback has reached the gate.
     pub fn wait_entered(&self) {
-        self.entered.recv().expect("gate entered");
+        self.entered
+            .recv_timeout(nmr_sim::WAIT_DEADLINE)
+            .expect("a callback reaches the gate in time");
     }
     /// Lets one callback through.
     pub fn release(&self) {

@@ -167,6 +167,10 @@ impl Driver {
             maximum_length: (self.registry_path.len() * 2) as u16,
             buffer: self.registry_path.as_ptr(),
         };
+        // This thread runs image code: its stand-in KPCR behind gs, and the
+        // model's threads get theirs before each callback.
+        crate::kpcr::install();
+        crate::kpcr::ensure_current_thread();
         // SAFETY: a valid DRIVER_OBJECT and registry path, alive across the
         // call; the image stays mapped.
         let status = unsafe { entry(&mut *self.object, &path) };
@@ -232,6 +236,7 @@ impl Driver {
         type DriverUnload = unsafe extern "win64" fn(*mut DriverObject);
         // SAFETY: the routine DriverEntry stored, in the still-mapped image.
         let unload = unsafe { std::mem::transmute::<usize, DriverUnload>(unload) };
+        crate::kpcr::ensure_current_thread();
         // SAFETY: the driver's own object; called once, at PASSIVE.
         unsafe { unload(&mut *self.object) };
         self.state = State::Stopped;

@@ -43,9 +43,9 @@ NTOSKRNL_ALLOWED = {
     # common/src/sync.rs: KernelSpinLock
     "KeAcquireSpinLockRaiseToDpc",
     "KeReleaseSpinLock",
-    # common/src/nmr.rs: the per-processor rundown
+    # common/src/nmr.rs: the per-processor rundown (the processor index is
+    # an inline gs: read, as wdm.h's KeGetCurrentProcessorIndex: no import)
     "KeQueryMaximumProcessorCountEx",
-    "KeGetCurrentProcessorNumberEx",
 }
 
 # The NMR functions each driver needs, exactly (common/src/ffi.rs, `netio`).

@@ -53,7 +53,7 @@ const FULL: usize = if SLOTS_PER_PAGE == usize::BITS as usize {
 };
 
 /// One page per processor, and which indices are leased.
-struct Chunk {
+pub(crate) struct Chunk {
     pages: PerProcessor<Page>,
     /// Bit `i`: index `i` is leased.
     used: AtomicUsize,
@@ -256,16 +256,7 @@ impl SlotLease {
     /// its promise) folds into range: slower, never out of bounds.
     #[inline(always)]
     pub fn slot(&self, processor: usize) -> &AtomicUsize {
-        let count = self.processors as usize;
-        let p = if processor < count {
-            processor
-        } else {
-            processor % count
-        };
-        // SAFETY: `p < processors`, the number of pages of our chunk, which
-        // lives as long as the lease; `first` has the provenance of the whole
-        // page array and points at word `index` of page 0.
-        unsafe { &*self.first.as_ptr().byte_add(p * Self::PAGE_BYTES) }
+        slot_at(self.first, self.processors, processor)
     }
 
     /// The slot of each processor, in order.
@@ -286,15 +277,81 @@ impl SlotLease {
 
 impl Drop for SlotLease {
     fn drop(&mut self) {
-        // The chunk is alive: it is freed only with the arena, and only when
-        // no lease is held. Only a reference to the atomic bitmap is formed:
-        // the arena may free the chunk as soon as the bit is clear.
-        // SAFETY: see above; `used` is an atomic, shared by design.
-        let used = unsafe { &(*self.chunk.as_ptr()).used };
-        // Release: our binding's last slot writes come before the next
-        // holder's reset (its claim acquires).
-        used.fetch_and(!(1 << self.index), Ordering::Release);
+        // SAFETY: a live lease: its chunk is alive and the index is ours.
+        unsafe { give_back(self.chunk, self.index) };
     }
+}
+
+/// A lease taken apart, to be stored more compactly by its holder (the
+/// rundown packs these with its own flags): it must be given back with
+/// [`LeaseParts::give_back`], exactly once.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LeaseParts {
+    pub(crate) first: NonNull<AtomicUsize>,
+    pub(crate) chunk: NonNull<Chunk>,
+    pub(crate) processors: u32,
+    pub(crate) index: u8,
+}
+
+impl SlotLease {
+    /// Takes the lease apart without giving the index back.
+    pub(crate) fn into_parts(self) -> LeaseParts {
+        let parts = LeaseParts {
+            first: self.first,
+            chunk: self.chunk,
+            processors: self.processors,
+            index: self.index,
+        };
+        core::mem::forget(self);
+        parts
+    }
+}
+
+impl LeaseParts {
+    /// Gives the index back to the arena.
+    ///
+    /// # Safety
+    ///
+    /// Once per lease, and no slot of it is touched afterwards.
+    pub(crate) unsafe fn give_back(self) {
+        // SAFETY: forwarded.
+        unsafe { give_back(self.chunk, self.index) };
+    }
+}
+
+#[inline(always)]
+pub(crate) fn slot_at<'a>(
+    first: NonNull<AtomicUsize>,
+    processors: u32,
+    processor: usize,
+) -> &'a AtomicUsize {
+    let count = processors as usize;
+    let p = if processor < count {
+        processor
+    } else {
+        processor % count
+    };
+    // SAFETY: `p < processors`, the number of pages of the lease's chunk,
+    // which lives as long as the lease (the caller's lifetime); `first` has
+    // the provenance of the whole page array and points at word `index` of
+    // page 0.
+    unsafe { &*first.as_ptr().byte_add(p * SlotLease::PAGE_BYTES) }
+}
+
+/// Clears the lease's bit in its chunk.
+///
+/// # Safety
+///
+/// The chunk is alive and the index is leased by the caller, once.
+unsafe fn give_back(chunk: NonNull<Chunk>, index: u8) {
+    // The chunk is alive: it is freed only with the arena, and only when no
+    // lease is held. Only a reference to the atomic bitmap is formed: the
+    // arena may free the chunk as soon as the bit is clear.
+    // SAFETY: see above; `used` is an atomic, shared by design.
+    let used = unsafe { &(*chunk.as_ptr()).used };
+    // Release: our binding's last slot writes come before the next holder's
+    // reset (its claim acquires).
+    used.fetch_and(!(1 << index), Ordering::Release);
 }
 
 #[cfg(all(test, not(loom)))]

@@ -57,7 +57,7 @@
 use core::marker::PhantomData;
 use core::ptr::NonNull;
 
-use crate::arena::{SlotArena, SlotLease};
+use crate::arena::{LeaseParts, SlotArena};
 use crate::binding::OutOfMemory;
 
 #[cfg(not(loom))]
@@ -104,8 +104,14 @@ fn slot_release(slot: &AtomicUsize) -> bool {
 /// Counts the calls in flight through one side of one binding, per processor.
 #[derive(Debug)]
 pub struct Rundown {
-    /// This side's slot on every processor's page of its module's arena.
-    slots: SlotLease,
+    /// This side's slot on processor 0's page of its module's arena; the
+    /// other processors' follow a page apart (a lease, taken apart so that
+    /// its fields pack with the flag below: 32 bytes in all). Given back
+    /// when the rundown is dropped.
+    first: NonNull<AtomicUsize>,
+    chunk: NonNull<crate::arena::Chunk>,
+    processors: u32,
+    index: u8,
     /// Counted calls still in flight once the drain has added its total
     /// (wrapping: releases may come first). Touched only after the drain began.
     pending: AtomicUsize,
@@ -140,8 +146,17 @@ impl Rundown {
     /// attach is declined). The slot index goes back to the arena when the
     /// rundown is dropped.
     pub fn try_new(arena: &SlotArena) -> Result<Self, OutOfMemory> {
+        let LeaseParts {
+            first,
+            chunk,
+            processors,
+            index,
+        } = arena.lease()?.into_parts();
         Ok(Rundown {
-            slots: arena.lease()?,
+            first,
+            chunk,
+            processors,
+            index,
             pending: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
         })
@@ -168,10 +183,12 @@ impl Rundown {
             return Drain::AlreadyDraining;
         }
         // SAFETY: valid until our total reaches `pending` below (only then
-        // can a release report the drain): this reference ends with the loop.
-        let slots = unsafe { &(*this).slots };
+        // can a release report the drain); a copy, not a reference.
+        let (first, processors) = unsafe { ((*this).first, (*this).processors) };
         let mut total: usize = 0;
-        for slot in slots.slots() {
+        for processor in 0..processors as usize {
+            // The slot lives in the arena, not in the owner.
+            let slot: &AtomicUsize = crate::arena::slot_at(first, processors, processor);
             let before = slot.fetch_or(DRAINING, Ordering::AcqRel);
             total = total.wrapping_add(before >> 1);
         }
@@ -193,6 +210,23 @@ impl Rundown {
         }
     }
 
+    /// The lease, put together again (a copy).
+    #[inline(always)]
+    fn slots(&self) -> LeaseParts {
+        LeaseParts {
+            first: self.first,
+            chunk: self.chunk,
+            processors: self.processors,
+            index: self.index,
+        }
+    }
+
+    /// This side's slot on `processor`'s page (folded into range).
+    #[inline(always)]
+    fn slot(&self, processor: usize) -> &AtomicUsize {
+        crate::arena::slot_at(self.first, self.processors, processor)
+    }
+
     /// Whether the drain has begun.
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)
@@ -200,21 +234,20 @@ impl Rundown {
 
     /// Calls in flight now, over every slot (a snapshot, for traces and tests).
     pub fn in_flight(&self) -> usize {
-        self.slots
-            .slots()
-            .map(|slot| slot.load(Ordering::Relaxed) >> 1)
+        (0..self.processors as usize)
+            .map(|p| self.slot(p).load(Ordering::Relaxed) >> 1)
             .sum()
     }
 
     /// How many per-processor slots this rundown has.
     pub fn slot_count(&self) -> usize {
-        self.slots.processors()
+        self.processors as usize
     }
 
     /// The arena bytes of its slots: one 8-byte word per processor (the
     /// chunk's bookkeeping, shared by the bindings of one chunk, aside).
     pub fn heap_bytes(&self) -> usize {
-        self.slots.processors() * size_of::<usize>()
+        self.processors as usize * size_of::<usize>()
     }
 
     /// Admits one call on the slot of `processor`; the slot, or `None` once
@@ -223,7 +256,7 @@ impl Rundown {
     /// releases on the slot it got and the drain reads every slot.
     #[inline(always)]
     fn try_acquire(&self, processor: usize) -> Option<NonNull<AtomicUsize>> {
-        let slot = self.slots.slot(processor);
+        let slot = self.slot(processor);
         slot_try_acquire(slot).then(|| NonNull::from(slot))
     }
 
@@ -242,6 +275,21 @@ impl Rundown {
         pending.fetch_sub(1, Ordering::AcqRel) == 1
     }
 }
+
+impl Drop for Rundown {
+    fn drop(&mut self) {
+        // SAFETY: the lease was taken apart once, in `try_new`, and is given
+        // back once, here; no slot of it is touched after (every guard of
+        // this rundown borrowed its owner, which is being dropped).
+        unsafe { self.slots().give_back() };
+    }
+}
+
+// SAFETY: the slots are atomics in the module's arena, which outlives the
+// rundown; nothing in it is tied to a thread.
+unsafe impl Send for Rundown {}
+// SAFETY: as above: only shared references to atomics are handed out.
+unsafe impl Sync for Rundown {}
 
 /// An object that owns a [`Rundown`] and knows how to report its drain.
 ///
@@ -389,7 +437,7 @@ mod tests {
     }
 
     fn in_flight_on(rundown: &Rundown, processor: usize) -> usize {
-        rundown.slots.slot(processor).load(Ordering::Relaxed) >> 1
+        rundown.slot(processor).load(Ordering::Relaxed) >> 1
     }
 
     fn owner() -> Owner {
@@ -491,6 +539,11 @@ mod tests {
             drop(g);
         }
         assert_eq!(o.reports.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn the_rundown_is_four_words() {
+        assert_eq!(size_of::<Rundown>(), 4 * size_of::<usize>());
     }
 
     #[test]

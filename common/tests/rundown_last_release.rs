@@ -43,9 +43,14 @@ struct SendPtr(NonNull<Owner>);
 // SAFETY: the owner is `Sync`; the pointer only travels to the releasing thread.
 unsafe impl Send for SendPtr {}
 
+/// Calls in flight when the drain starts, each released on its own thread:
+/// every release but the last, and the drain itself, may still be returning
+/// when the last release frees the owner.
+const RELEASERS: usize = 3;
+
 #[test]
 fn the_last_release_may_free_the_owner_while_the_drain_returns() {
-    let rounds = if cfg!(miri) { 40 } else { 2000 };
+    let rounds = if cfg!(miri) { 20 } else { 300 };
     for _ in 0..rounds {
         let slots = SlotArena::new(2);
         let reports = Arc::new(AtomicUsize::new(0));
@@ -57,29 +62,32 @@ fn the_last_release_may_free_the_owner_while_the_drain_returns() {
         }));
         context.store(raw, Ordering::Relaxed);
         let owner = NonNull::new(raw).unwrap();
-        let acquired = Arc::new(AtomicBool::new(false));
+        let acquired = Arc::new(AtomicUsize::new(0));
         let draining = Arc::new(AtomicBool::new(false));
-        let releaser = {
-            let (ptr, acquired, draining) = (SendPtr(owner), acquired.clone(), draining.clone());
-            std::thread::spawn(move || {
-                let ptr = ptr;
-                // SAFETY: the owner is alive until the drain is reported,
-                // which needs this call released first.
-                let guard = RundownGuard::try_acquire(unsafe { ptr.0.as_ref() }).unwrap();
-                acquired.store(true, Ordering::Release);
-                while !draining.load(Ordering::Acquire) {
-                    std::thread::yield_now();
-                }
-                drop(guard); // may be the last release: frees the owner
+        let releasers: Vec<_> = (0..RELEASERS)
+            .map(|_| {
+                let (ptr, acquired, draining) =
+                    (SendPtr(owner), acquired.clone(), draining.clone());
+                std::thread::spawn(move || {
+                    let ptr = ptr;
+                    // SAFETY: the owner is alive until the drain is
+                    // reported, which needs this call released first.
+                    let guard = RundownGuard::try_acquire(unsafe { ptr.0.as_ref() }).unwrap();
+                    acquired.fetch_add(1, Ordering::Release);
+                    while !draining.load(Ordering::Acquire) {
+                        std::thread::yield_now();
+                    }
+                    drop(guard); // may be the last release: frees the owner
+                })
             })
-        };
-        while !acquired.load(Ordering::Acquire) {
+            .collect();
+        while acquired.load(Ordering::Acquire) < RELEASERS {
             std::thread::yield_now();
         }
         draining.store(true, Ordering::Release);
         // A pointer to the rundown, with no reference to the owner (as the
         // detach callback has one to the binding context).
-        // SAFETY: alive: the releaser's call is still counted.
+        // SAFETY: alive: the releasers' calls are still counted.
         let rundown = unsafe { NonNull::new_unchecked(&raw mut (*raw).rundown) };
         // SAFETY: alive on entry; not touched after unless Drained, when
         // nothing else frees it.
@@ -89,7 +97,9 @@ fn the_last_release_may_free_the_owner_while_the_drain_returns() {
             let owner = unsafe { Box::from_raw(raw) };
             owner.reports.fetch_add(1, Ordering::Relaxed);
         }
-        releaser.join().unwrap();
+        for releaser in releasers {
+            releaser.join().unwrap();
+        }
         assert_eq!(reports.load(Ordering::Relaxed), 1, "freed exactly once");
     }
 }

@@ -43,9 +43,12 @@ NTOSKRNL_ALLOWED = {
     # common/src/sync.rs: KernelSpinLock
     "KeAcquireSpinLockRaiseToDpc",
     "KeReleaseSpinLock",
-    # common/src/nmr.rs: the per-processor rundown (the processor index is
-    # an inline gs: read, as wdm.h's KeGetCurrentProcessorIndex: no import)
+    # common/src/nmr.rs: the per-processor rundown. On x64 the processor
+    # index is an inline gs: read (wdm.h's KeGetCurrentProcessorIndex), so
+    # the x64 images do not import KeGetCurrentProcessorNumberEx; other
+    # architectures call it.
     "KeQueryMaximumProcessorCountEx",
+    "KeGetCurrentProcessorNumberEx",
 }
 
 # The NMR functions each driver needs, exactly (common/src/ffi.rs, `netio`).

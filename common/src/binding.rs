@@ -29,6 +29,7 @@ use core::marker::PhantomData;
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicPtr, Ordering};
 
+use crate::arena::SlotArena;
 use crate::ffi::{HANDLE, NTSTATUS, STATUS_PENDING, STATUS_SUCCESS};
 use crate::nmr::Nmr;
 use crate::percpu::PerProcessor;
@@ -89,16 +90,21 @@ pub fn try_box<T>(value: T) -> Result<Box<T>, T> {
 impl<N: Nmr, D: 'static, T> Binding<N, D, T> {
     /// The client's side of a binding (its peer is a provider): a drain
     /// completes with `NmrClientDetachProviderComplete`. No peer yet, and the
-    /// rundown ready: calls can never arrive before the rundown exists. `Err`
-    /// gives `data` back when the heap is exhausted.
+    /// rundown ready: calls can never arrive before the rundown exists. Its
+    /// slots are one index of `slots`, the module's arena (from
+    /// [`BindingSet::slots`]), which must outlive the binding (else its
+    /// chunk leaks). `Err` gives `data` back when the heap is exhausted or
+    /// the arena cannot grow (decline the attach).
     pub fn for_client(
         nmr: N,
+        slots: &SlotArena,
         module: &'static str,
         handle: HANDLE,
         data: T,
     ) -> Result<Box<Self>, T> {
         Self::new(
             nmr,
+            slots,
             N::client_detach_provider_complete,
             module,
             handle,
@@ -110,12 +116,14 @@ impl<N: Nmr, D: 'static, T> Binding<N, D, T> {
     /// completes with `NmrProviderDetachClientComplete`. As [`Binding::for_client`].
     pub fn for_provider(
         nmr: N,
+        slots: &SlotArena,
         module: &'static str,
         handle: HANDLE,
         data: T,
     ) -> Result<Box<Self>, T> {
         Self::new(
             nmr,
+            slots,
             N::provider_detach_client_complete,
             module,
             handle,
@@ -125,14 +133,16 @@ impl<N: Nmr, D: 'static, T> Binding<N, D, T> {
 
     fn new(
         nmr: N,
+        slots: &SlotArena,
         complete: unsafe fn(&N, HANDLE),
         module: &'static str,
         handle: HANDLE,
         data: T,
     ) -> Result<Box<Self>, T> {
-        // One rundown slot per processor the system can have, so that calls
-        // on different processors never share a cache line.
-        let Ok(rundown) = Rundown::try_new(nmr.processor_count() as usize) else {
+        // One rundown slot per processor the system can have, on that
+        // processor's page of the module's arena: calls on different
+        // processors never write the same cache line.
+        let Ok(rundown) = Rundown::try_new(slots) else {
             return Err(data);
         };
         try_box(Binding {
@@ -150,7 +160,8 @@ impl<N: Nmr, D: 'static, T> Binding<N, D, T> {
     }
 
     /// The memory this side of the binding takes: the binding itself and its
-    /// rundown's per-processor slots.
+    /// rundown's per-processor slots (one word per processor of the module's
+    /// arena; the chunk bookkeeping shared with its neighbours aside).
     pub fn footprint(&self) -> usize {
         size_of::<Self>() + self.rundown.heap_bytes()
     }
@@ -222,8 +233,12 @@ impl<N: Nmr, D: 'static, T> Binding<N, D, T> {
         // SAFETY: live on entry; the reference ends before the drain begins.
         let binding = unsafe { this.as_ref() };
         let (nmr, module, id) = (binding.nmr.clone(), binding.module, binding.id());
-        let drain = binding.rundown.begin_drain();
+        let rundown = NonNull::from(&binding.rundown);
         // From here on `binding` is not used: see the safety section.
+        // SAFETY: live on entry, and no reference to the binding is used
+        // after this point (the drain may lead to its free on another
+        // processor before `begin_drain` returns).
+        let drain = unsafe { Rundown::begin_drain(rundown) };
         let (status, event) = match drain {
             Drain::Drained => (STATUS_SUCCESS, Event::DetachSuccess),
             Drain::Pending { .. } => (STATUS_PENDING, Event::DetachPending),
@@ -298,9 +313,17 @@ unsafe impl<N: Nmr, D: 'static, T> RundownOwner for Binding<N, D, T> {
         &self.rundown
     }
 
+    /// The processor index the NMR surface reports (an inline `gs:` read on
+    /// Windows): a hint only. Correctness never depends on it: the guard
+    /// releases on the slot it got, the drain reads every slot, and an index
+    /// out of range folds into range (traced once).
     #[inline(always)]
     fn current_processor(&self) -> usize {
-        self.nmr.current_processor() as usize
+        let processor = self.nmr.current_processor() as usize;
+        if processor >= self.rundown.slot_count() {
+            processor_out_of_range(&self.nmr, self.module, processor, self.rundown.slot_count());
+        }
+        processor
     }
 
     unsafe fn drained(this: NonNull<Self>) {
@@ -321,6 +344,27 @@ unsafe impl<N: Nmr, D: 'static, T> RundownOwner for Binding<N, D, T> {
         // touches the binding after this call.
         unsafe { complete(&nmr, handle) }
     }
+}
+
+/// Traces, once per image, a processor index at or above the count the NMR
+/// surface reported (a kernel, or a stand-in, that broke its promise). The
+/// index is folded into range by the caller; nothing else changes.
+#[cold]
+#[inline(never)]
+fn processor_out_of_range<N: Nmr>(nmr: &N, module: &'static str, processor: usize, count: usize) {
+    static TRACED: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+    if TRACED.swap(true, Ordering::Relaxed) {
+        return;
+    }
+    nmr.trace(&Record {
+        module,
+        binding: None,
+        event: Event::PeerFault,
+        status: STATUS_SUCCESS,
+        detail: Some(format_args!(
+            "processor index {processor} out of range (count {count}): folded"
+        )),
+    });
 }
 
 /// One call in flight into the peer: the peer's context and dispatch table are
@@ -390,6 +434,9 @@ unsafe impl<B: Sync> Send for Linked<B> {}
 pub struct BindingSet<N: Nmr, D: 'static, T> {
     nmr: N,
     locks: PerProcessor<ReaderLock<N::Lock>>,
+    /// The rundown slots of the module's bindings. Declared after the list
+    /// and dropped with the set, after every binding is gone.
+    slots: SlotArena,
     // Read by a holder of any one lock; written only by a holder of them all.
     list: CheckedCell<Links<Binding<N, D, T>>>,
 }
@@ -514,9 +561,11 @@ impl<N: Nmr, D: Sync + 'static, T: Sync> BindingSet<N, D, T> {
             raw: N::Lock::new(),
             writer_saved: UnsafeCell::new(None),
         })?;
+        let slots = SlotArena::new(nmr.processor_count() as usize);
         Ok(BindingSet {
             nmr,
             locks,
+            slots,
             list: CheckedCell::new(Links {
                 linked: Vec::new(),
                 reserved: 0,
@@ -598,6 +647,12 @@ impl<N: Nmr, D: Sync + 'static, T: Sync> BindingSet<N, D, T> {
     /// Whether no binding is linked.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The module's arena of per-processor rundown slots: each binding's
+    /// rundown leases one index of it ([`Binding::for_client`]).
+    pub fn slots(&self) -> &SlotArena {
+        &self.slots
     }
 
     /// The memory the set's per-processor locks take (the list aside).

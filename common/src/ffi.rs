@@ -32,6 +32,17 @@ pub const STATUS_DEVICE_NOT_READY: NTSTATUS = 0xC000_00A3_u32 as i32;
 /// `STATUS_BUFFER_TOO_SMALL`.
 pub const STATUS_BUFFER_TOO_SMALL: NTSTATUS = 0xC000_0023_u32 as i32;
 
+/// Where Windows x64 keeps the current processor's system-wide index: the
+/// `gs:`-relative offset that `KeGetCurrentProcessorIndex` reads.
+///
+/// Source: the WDK's `km/wdm.h`, AMD64 section (`#if defined(_M_AMD64)`):
+/// `KeGetCurrentProcessorIndex` is `return __readgsdword(0x1a4);`, next to
+/// `KeGetCurrentThread`'s `__readgsqword(0x188)`. `gs` points at the
+/// processor's `KPCR`; 0x1a4 is `KPCR.Prcb` (0x180) + `KPRCB.Number` (0x24).
+/// wdm.h inlines it into every driver, so the offset is ABI. The image host's
+/// stand-in KPCR puts its index here too.
+pub const KPCR_PROCESSOR_INDEX_OFFSET: u32 = 0x1a4;
+
 /// `NT_SUCCESS(status)`: success and informational statuses are non-negative.
 #[inline]
 pub const fn nt_success(status: NTSTATUS) -> bool {

@@ -7,6 +7,7 @@
 //! - [`nmr`]: the [`nmr::Nmr`] seam and its Windows implementation.
 //! - [`npi`]: this project's NPI: id, versions, dispatch tables, checksum.
 //! - [`percpu`]: one cache-line-padded value per processor.
+//! - [`arena`]: a module's per-processor pages of 8-byte rundown slots.
 //! - [`rundown`]: the in-flight call counter, one slot per processor.
 //! - [`binding`]: one side of one binding, and a module's set of bindings.
 //! - [`module`]: registration, deregistration and the wait, once each.
@@ -17,6 +18,7 @@
 
 extern crate alloc;
 
+pub mod arena;
 pub mod binding;
 pub mod counters;
 pub mod ffi;

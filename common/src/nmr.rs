@@ -114,10 +114,13 @@ pub trait Nmr: Clone + Send + Sync + 'static {
     fn processor_count(&self) -> u32;
 
     /// The index of the processor the calling thread runs on, below
-    /// [`Nmr::processor_count`] (any IRQL). On Windows,
+    /// [`Nmr::processor_count`] (any IRQL). On Windows x64, what wdm.h's
+    /// `KeGetCurrentProcessorIndex` does: one `gs:`-relative load
+    /// ([`crate::ffi::KPCR_PROCESSOR_INDEX_OFFSET`]), no call; elsewhere
     /// `KeGetCurrentProcessorNumberEx(NULL)`. A thread below DISPATCH_LEVEL
     /// may move to another processor right after: a hint to pick a slot with,
-    /// never an identity (a guard remembers its slot instead).
+    /// never an identity (a guard remembers its slot instead, the drain reads
+    /// every slot, and an index out of range folds into range).
     fn current_processor(&self) -> u32;
 
     /// A dispatch function reports that the peer called it through the binding
@@ -148,6 +151,16 @@ mod netio_impl {
     unsafe extern "system" {
         fn KeDelayExecutionThread(WaitMode: i8, Alertable: u8, Interval: *const i64) -> NTSTATUS;
         fn KeQueryMaximumProcessorCountEx(GroupNumber: u16) -> u32;
+    }
+
+    // Where wdm.h has no inline form (not x64), the exported function.
+    #[cfg(not(target_arch = "x86_64"))]
+    #[cfg_attr(
+        feature = "raw-dylib",
+        link(name = "ntoskrnl.exe", kind = "raw-dylib", modifiers = "+verbatim")
+    )]
+    #[cfg_attr(not(feature = "raw-dylib"), link(name = "ntoskrnl"))]
+    unsafe extern "system" {
         // `ProcNumber` is a `PPROCESSOR_NUMBER`; we always pass NULL.
         fn KeGetCurrentProcessorNumberEx(ProcNumber: *mut c_void) -> u32;
     }
@@ -233,6 +246,28 @@ mod netio_impl {
             // SAFETY: no pointer arguments; callable at any IRQL.
             unsafe { KeQueryMaximumProcessorCountEx(ALL_PROCESSOR_GROUPS) }.max(1)
         }
+        /// A hint: the caller folds it into range, and correctness never
+        /// depends on it (see [`Nmr::current_processor`]).
+        #[cfg(target_arch = "x86_64")]
+        #[inline(always)]
+        fn current_processor(&self) -> u32 {
+            let index: u32;
+            // SAFETY: in kernel mode `gs` is the current processor's KPCR at
+            // any IRQL, and the dword at this offset is its index (wdm.h's
+            // `KeGetCurrentProcessorIndex`, pinned in `ffi`). A 4-byte read,
+            // no write, no stack. Not `pure`: the thread may move between two
+            // reads, so each call reads again.
+            unsafe {
+                core::arch::asm!(
+                    "mov {index:e}, dword ptr gs:[{offset}]",
+                    index = lateout(reg) index,
+                    offset = const crate::ffi::KPCR_PROCESSOR_INDEX_OFFSET,
+                    options(nostack, readonly, preserves_flags),
+                );
+            }
+            index
+        }
+        #[cfg(not(target_arch = "x86_64"))]
         #[inline(always)]
         fn current_processor(&self) -> u32 {
             // SAFETY: NULL asks for the system-wide index only (no

@@ -102,6 +102,12 @@ impl<T> PerProcessor<T> {
         &self.slots[index].0
     }
 
+    /// The first padded value, with the provenance of the whole array (to
+    /// reach every processor's value from one pointer).
+    pub(crate) fn as_ptr(&self) -> *const CachePadded<T> {
+        self.slots.as_ptr()
+    }
+
     /// Every value, in processor order.
     pub fn iter(&self) -> impl DoubleEndedIterator<Item = &T> {
         self.slots.iter().map(|slot| &slot.0)

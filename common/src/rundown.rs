@@ -57,8 +57,8 @@
 use core::marker::PhantomData;
 use core::ptr::NonNull;
 
+use crate::arena::{LeaseParts, SlotArena};
 use crate::binding::OutOfMemory;
-use crate::percpu::PerProcessor;
 
 #[cfg(not(loom))]
 use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -68,66 +68,50 @@ use loom::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 const DRAINING: usize = 1;
 const ONE_CALL: usize = 2;
 
-/// One processor's count of calls in flight: `in_flight << 1 | DRAINING`.
-#[derive(Debug)]
-pub struct Slot {
-    word: AtomicUsize,
+/// Adds one call to `slot` unless it is draining. The only way to increment.
+#[inline(always)]
+fn slot_try_acquire(slot: &AtomicUsize) -> bool {
+    let mut current = slot.load(Ordering::Relaxed);
+    loop {
+        if current & DRAINING != 0 {
+            return false;
+        }
+        let Some(next) = current.checked_add(ONE_CALL) else {
+            return false; // 2^63 calls in flight: refuse rather than wrap.
+        };
+        match slot.compare_exchange_weak(current, next, Ordering::Acquire, Ordering::Relaxed) {
+            Ok(_) => return true,
+            Err(seen) => current = seen,
+        }
+    }
 }
 
-impl Slot {
-    fn new() -> Self {
-        Slot {
-            word: AtomicUsize::new(0),
-        }
-    }
-
-    /// Adds one call unless this slot is draining. The only way to increment.
-    #[inline(always)]
-    fn try_acquire(&self) -> bool {
-        let mut current = self.word.load(Ordering::Relaxed);
-        loop {
-            if current & DRAINING != 0 {
-                return false;
-            }
-            let Some(next) = current.checked_add(ONE_CALL) else {
-                return false; // 2^63 calls in flight: refuse rather than wrap.
-            };
-            match self.word.compare_exchange_weak(
-                current,
-                next,
-                Ordering::Acquire,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => return true,
-                Err(seen) => current = seen,
-            }
-        }
-    }
-
-    /// Removes one call; true when the drain had closed this slot first, that
-    /// is, when the drain counted this call.
-    ///
-    /// Only [`RundownGuard`]'s drop calls this, once per successful acquire,
-    /// on the slot that admitted the call.
-    #[inline(always)]
-    fn release(&self) -> bool {
-        let before = self.word.fetch_sub(ONE_CALL, Ordering::Release);
-        debug_assert!(
-            before >= ONE_CALL,
-            "rundown slot released more often than acquired"
-        );
-        before & DRAINING != 0
-    }
-
-    fn in_flight(&self) -> usize {
-        self.word.load(Ordering::Relaxed) >> 1
-    }
+/// Removes one call from `slot`; true when the drain had closed it first,
+/// that is, when the drain counted this call.
+///
+/// Only [`RundownGuard`]'s drop calls this, once per successful acquire, on
+/// the slot that admitted the call.
+#[inline(always)]
+fn slot_release(slot: &AtomicUsize) -> bool {
+    let before = slot.fetch_sub(ONE_CALL, Ordering::Release);
+    debug_assert!(
+        before >= ONE_CALL,
+        "rundown slot released more often than acquired"
+    );
+    before & DRAINING != 0
 }
 
 /// Counts the calls in flight through one side of one binding, per processor.
 #[derive(Debug)]
 pub struct Rundown {
-    slots: PerProcessor<Slot>,
+    /// This side's slot on processor 0's page of its module's arena; the
+    /// other processors' follow a page apart (a lease, taken apart so that
+    /// its fields pack with the flag below: 32 bytes in all). Given back
+    /// when the rundown is dropped.
+    first: NonNull<AtomicUsize>,
+    chunk: NonNull<crate::arena::Chunk>,
+    processors: u32,
+    index: u8,
     /// Counted calls still in flight once the drain has added its total
     /// (wrapping: releases may come first). Touched only after the drain began.
     pending: AtomicUsize,
@@ -155,13 +139,24 @@ pub enum Drain {
 }
 
 impl Rundown {
-    /// A rundown with one slot per processor (`processors`, at least one), no
-    /// call in flight, not draining: made before the binding is handed to
-    /// anyone, so calls can never arrive before it exists. `Err` when the heap
-    /// is exhausted.
-    pub fn try_new(processors: usize) -> Result<Self, OutOfMemory> {
+    /// A rundown with one slot per processor, leased from `arena` (its index
+    /// on every processor's page), no call in flight, not draining: made
+    /// before the binding is handed to anyone, so calls can never arrive
+    /// before it exists. `Err` when the arena is full and cannot grow (the
+    /// attach is declined). The slot index goes back to the arena when the
+    /// rundown is dropped.
+    pub fn try_new(arena: &SlotArena) -> Result<Self, OutOfMemory> {
+        let LeaseParts {
+            first,
+            chunk,
+            processors,
+            index,
+        } = arena.lease()?.into_parts();
         Ok(Rundown {
-            slots: PerProcessor::try_new(processors, Slot::new)?,
+            first,
+            chunk,
+            processors,
+            index,
             pending: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
         })
@@ -169,13 +164,32 @@ impl Rundown {
 
     /// Begins the drain: closes every slot, so that from its return on every
     /// acquire fails. O(slots), never blocks.
-    pub fn begin_drain(&self) -> Drain {
-        if self.draining.swap(true, Ordering::AcqRel) {
+    ///
+    /// # Safety
+    ///
+    /// `this` is valid on entry, and no reference to the rundown or to its
+    /// owner is live across the call (the detach callback holds a pointer).
+    /// Once the drain's total reaches `pending` the last release may free the
+    /// owner at any moment (its report runs the cleanup inline), so this
+    /// function forms only references to atomics for its last operation, as
+    /// `Arc`'s drop does, and the caller must not touch `this` afterwards
+    /// unless the answer is [`Drain::Drained`] or [`Drain::AlreadyDraining`]
+    /// (then nothing else frees it).
+    pub unsafe fn begin_drain(this: NonNull<Self>) -> Drain {
+        let this = this.as_ptr();
+        // SAFETY: valid on entry; a reference to an atomic field only.
+        let draining = unsafe { &(*this).draining };
+        if draining.swap(true, Ordering::AcqRel) {
             return Drain::AlreadyDraining;
         }
+        // SAFETY: valid until our total reaches `pending` below (only then
+        // can a release report the drain); a copy, not a reference.
+        let (first, processors) = unsafe { ((*this).first, (*this).processors) };
         let mut total: usize = 0;
-        for slot in self.slots.iter() {
-            let before = slot.word.fetch_or(DRAINING, Ordering::AcqRel);
+        for processor in 0..processors as usize {
+            // The slot lives in the arena, not in the owner.
+            let slot: &AtomicUsize = crate::arena::slot_at(first, processors, processor);
+            let before = slot.fetch_or(DRAINING, Ordering::AcqRel);
             total = total.wrapping_add(before >> 1);
         }
         if total == 0 {
@@ -183,15 +197,34 @@ impl Rundown {
             // will see `DRAINING`, and `pending` stays untouched.
             return Drain::Drained;
         }
-        // After this add, `self` may be freed at any moment by the last
-        // release: only locals are used below.
-        let before = self.pending.fetch_add(total, Ordering::AcqRel);
+        // SAFETY: still valid (the add below is what lets the count reach
+        // zero); only a reference to the atomic itself, which stays usable
+        // if the owner is freed during the add's return.
+        let pending = unsafe { &(*this).pending };
+        let before = pending.fetch_add(total, Ordering::AcqRel);
         if before.wrapping_add(total) == 0 {
             // Every counted call returned while we were closing the slots.
             Drain::Drained
         } else {
             Drain::Pending { in_flight: total }
         }
+    }
+
+    /// The lease, put together again (a copy).
+    #[inline(always)]
+    fn slots(&self) -> LeaseParts {
+        LeaseParts {
+            first: self.first,
+            chunk: self.chunk,
+            processors: self.processors,
+            index: self.index,
+        }
+    }
+
+    /// This side's slot on `processor`'s page (folded into range).
+    #[inline(always)]
+    fn slot(&self, processor: usize) -> &AtomicUsize {
+        crate::arena::slot_at(self.first, self.processors, processor)
     }
 
     /// Whether the drain has begun.
@@ -201,33 +234,62 @@ impl Rundown {
 
     /// Calls in flight now, over every slot (a snapshot, for traces and tests).
     pub fn in_flight(&self) -> usize {
-        self.slots.iter().map(Slot::in_flight).sum()
+        (0..self.processors as usize)
+            .map(|p| self.slot(p).load(Ordering::Relaxed) >> 1)
+            .sum()
     }
 
     /// How many per-processor slots this rundown has.
     pub fn slot_count(&self) -> usize {
-        self.slots.len()
+        self.processors as usize
     }
 
-    /// The heap bytes of its slots (the rest lives inside its owner).
+    /// The arena bytes of its slots: one 8-byte word per processor (the
+    /// chunk's bookkeeping, shared by the bindings of one chunk, aside).
     pub fn heap_bytes(&self) -> usize {
-        self.slots.heap_bytes()
+        self.processors as usize * size_of::<usize>()
     }
 
     /// Admits one call on the slot of `processor`; the slot, or `None` once
-    /// that slot has been closed by the drain.
+    /// that slot has been closed by the drain. `processor` is a hint: any
+    /// value is correct (out of range folds into range), since the guard
+    /// releases on the slot it got and the drain reads every slot.
     #[inline(always)]
-    fn try_acquire(&self, processor: usize) -> Option<NonNull<Slot>> {
-        let slot = self.slots.at(self.slots.index_of(processor));
-        slot.try_acquire().then(|| NonNull::from(slot))
+    fn try_acquire(&self, processor: usize) -> Option<NonNull<AtomicUsize>> {
+        let slot = self.slot(processor);
+        slot_try_acquire(slot).then(|| NonNull::from(slot))
     }
 
     /// The release of a call the drain counted: true for the one release that
     /// brings `pending` to zero, which must report the drain.
-    fn release_counted(&self) -> bool {
-        self.pending.fetch_sub(1, Ordering::AcqRel) == 1
+    ///
+    /// # Safety
+    ///
+    /// `this` is valid on entry and the caller's call was counted by the
+    /// drain, so `pending` cannot reach zero before this decrement. Only the
+    /// atomic is referenced: another release may bring `pending` to zero and
+    /// free the owner right after our decrement, before we return.
+    unsafe fn release_counted(this: NonNull<Self>) -> bool {
+        // SAFETY: see above.
+        let pending = unsafe { &(*this.as_ptr()).pending };
+        pending.fetch_sub(1, Ordering::AcqRel) == 1
     }
 }
+
+impl Drop for Rundown {
+    fn drop(&mut self) {
+        // SAFETY: the lease was taken apart once, in `try_new`, and is given
+        // back once, here; no slot of it is touched after (every guard of
+        // this rundown borrowed its owner, which is being dropped).
+        unsafe { self.slots().give_back() };
+    }
+}
+
+// SAFETY: the slots are atomics in the module's arena, which outlives the
+// rundown; nothing in it is tied to a thread.
+unsafe impl Send for Rundown {}
+// SAFETY: as above: only shared references to atomics are handed out.
+unsafe impl Sync for Rundown {}
 
 /// An object that owns a [`Rundown`] and knows how to report its drain.
 ///
@@ -268,7 +330,7 @@ pub struct RundownGuard<'a, O: RundownOwner> {
     // Pointers, not references: the last release may free the owner (and the
     // slot with it), and no reference to either may be alive then.
     owner: NonNull<O>,
-    slot: NonNull<Slot>,
+    slot: NonNull<AtomicUsize>,
     _owner: PhantomData<&'a O>,
 }
 
@@ -298,9 +360,10 @@ impl<O: RundownOwner> core::ops::Deref for RundownGuard<'_, O> {
 impl<O: RundownOwner> Drop for RundownGuard<'_, O> {
     #[inline(always)]
     fn drop(&mut self) {
-        // SAFETY: our count keeps the owner, and so its slots, alive until this
-        // release; the reference does not outlive this statement.
-        let counted = unsafe { self.slot.as_ref() }.release();
+        // SAFETY: the slot lives in the module's arena, which outlives every
+        // binding; our count keeps the lease (hence the index) ours until this
+        // release. Only the atomic is referenced.
+        let counted = slot_release(unsafe { self.slot.as_ref() });
         if !counted {
             // Released before the drain closed the slot: the drain never sees
             // this call, and we touch nothing more (the owner may be freed by
@@ -308,9 +371,13 @@ impl<O: RundownOwner> Drop for RundownGuard<'_, O> {
             return;
         }
         // SAFETY: the drain counted this call, so `pending` cannot reach zero
-        // before the decrement below, and no report (hence no free) can come
-        // before it: the owner is alive. The reference ends with the statement.
-        let last = unsafe { self.owner.as_ref() }.rundown().release_counted();
+        // before our decrement, and no report (hence no free) can come before
+        // it: the owner is alive. The references end with the statement:
+        // only a pointer is kept.
+        let rundown = NonNull::from(unsafe { self.owner.as_ref() }.rundown());
+        // SAFETY: as above; `release_counted` references only the atomic, so
+        // another release freeing the owner right after our decrement is fine.
+        let last = unsafe { Rundown::release_counted(rundown) };
         if last {
             // SAFETY: this release brought `pending` to zero after
             // `begin_drain` answered Pending, so it is the one and only drain
@@ -329,6 +396,9 @@ mod tests {
 
     struct Owner {
         rundown: Rundown,
+        /// Dropped after the rundown (fields drop in order): the lease
+        /// goes back first.
+        _arena: SlotArena,
         reports: Counter,
         /// The processor `current_processor` answers.
         cpu: Counter,
@@ -351,11 +421,23 @@ mod tests {
     }
 
     fn owner_with(slots: usize) -> Owner {
+        let arena = SlotArena::new(slots);
         Owner {
-            rundown: Rundown::try_new(slots).unwrap(),
+            rundown: Rundown::try_new(&arena).unwrap(),
+            _arena: arena,
             reports: Counter::new(0),
             cpu: Counter::new(0),
         }
+    }
+
+    fn drain(rundown: &Rundown) -> Drain {
+        // SAFETY: the tests' owners outlive their drains (they live on the
+        // stack or in an `Arc`, and the report does not free them).
+        unsafe { Rundown::begin_drain(NonNull::from(rundown)) }
+    }
+
+    fn in_flight_on(rundown: &Rundown, processor: usize) -> usize {
+        rundown.slot(processor).load(Ordering::Relaxed) >> 1
     }
 
     fn owner() -> Owner {
@@ -365,7 +447,7 @@ mod tests {
     #[test]
     fn drain_with_nothing_in_flight_is_immediate_and_never_reports() {
         let o = owner();
-        assert_eq!(o.rundown.begin_drain(), Drain::Drained);
+        assert_eq!(drain(&o.rundown), Drain::Drained);
         assert!(RundownGuard::try_acquire(&o).is_none());
         assert_eq!(o.reports.load(Ordering::Relaxed), 0);
     }
@@ -376,7 +458,7 @@ mod tests {
         let a = RundownGuard::try_acquire(&o).unwrap();
         let b = RundownGuard::try_acquire(&o).unwrap();
         assert_eq!(o.rundown.in_flight(), 2);
-        assert_eq!(o.rundown.begin_drain(), Drain::Pending { in_flight: 2 });
+        assert_eq!(drain(&o.rundown), Drain::Pending { in_flight: 2 });
         assert!(
             RundownGuard::try_acquire(&o).is_none(),
             "no new call once draining"
@@ -400,7 +482,7 @@ mod tests {
             drop(g);
         }
         assert_eq!(o.reports.load(Ordering::Relaxed), 0);
-        assert_eq!(o.rundown.begin_drain(), Drain::Drained);
+        assert_eq!(drain(&o.rundown), Drain::Drained);
         assert_eq!(o.reports.load(Ordering::Relaxed), 0);
     }
 
@@ -408,11 +490,11 @@ mod tests {
     fn second_drain_is_a_named_no_op() {
         let o = owner();
         let g = RundownGuard::try_acquire(&o).unwrap();
-        assert_eq!(o.rundown.begin_drain(), Drain::Pending { in_flight: 1 });
-        assert_eq!(o.rundown.begin_drain(), Drain::AlreadyDraining);
+        assert_eq!(drain(&o.rundown), Drain::Pending { in_flight: 1 });
+        assert_eq!(drain(&o.rundown), Drain::AlreadyDraining);
         drop(g);
         assert_eq!(o.reports.load(Ordering::Relaxed), 1);
-        assert_eq!(o.rundown.begin_drain(), Drain::AlreadyDraining);
+        assert_eq!(drain(&o.rundown), Drain::AlreadyDraining);
         assert_eq!(o.reports.load(Ordering::Relaxed), 1);
         assert!(o.rundown.is_draining());
     }
@@ -431,9 +513,9 @@ mod tests {
         o.cpu.store(1, Ordering::Relaxed); // the caller moves
         let b = RundownGuard::try_acquire(&o).unwrap(); // on processor 1
         drop(a); // releases slot 0, not slot 1
-        assert_eq!(o.rundown.slots.at(0).in_flight(), 0);
-        assert_eq!(o.rundown.slots.at(1).in_flight(), 1);
-        assert_eq!(o.rundown.begin_drain(), Drain::Pending { in_flight: 1 });
+        assert_eq!(in_flight_on(&o.rundown, 0), 0);
+        assert_eq!(in_flight_on(&o.rundown, 1), 1);
+        assert_eq!(drain(&o.rundown), Drain::Pending { in_flight: 1 });
         drop(b);
         assert_eq!(o.reports.load(Ordering::Relaxed), 1);
     }
@@ -447,7 +529,7 @@ mod tests {
             held.push(RundownGuard::try_acquire(&o).unwrap());
         }
         assert_eq!(o.rundown.in_flight(), 5);
-        assert_eq!(o.rundown.begin_drain(), Drain::Pending { in_flight: 5 });
+        assert_eq!(drain(&o.rundown), Drain::Pending { in_flight: 5 });
         for cpu in 0..6 {
             o.cpu.store(cpu, Ordering::Relaxed);
             assert!(RundownGuard::try_acquire(&o).is_none(), "slot {cpu} closed");
@@ -460,10 +542,15 @@ mod tests {
     }
 
     #[test]
-    fn memory_is_one_padded_slot_per_processor() {
+    fn the_rundown_is_four_words() {
+        assert_eq!(size_of::<Rundown>(), 4 * size_of::<usize>());
+    }
+
+    #[test]
+    fn memory_is_one_word_per_processor() {
         let o = owner_with(64);
         assert_eq!(o.rundown.slot_count(), 64);
-        assert_eq!(o.rundown.heap_bytes(), 64 * crate::percpu::SLOT_BYTES);
+        assert_eq!(o.rundown.heap_bytes(), 64 * 8);
     }
 
     #[test]
@@ -491,7 +578,7 @@ mod tests {
                     })
                 })
                 .collect();
-            let pending = matches!(o.rundown.begin_drain(), Drain::Pending { .. });
+            let pending = matches!(drain(&o.rundown), Drain::Pending { .. });
             for w in workers {
                 w.join().unwrap();
             }

@@ -9,6 +9,7 @@ use std::ptr::{self, NonNull};
 use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use nmr_common::arena::SlotArena;
 use nmr_common::binding::{Binding, BindingSet};
 use nmr_common::ffi::*;
 use nmr_common::nmr::Nmr;
@@ -116,8 +117,13 @@ fn thread_processor() -> u32 {
     MINE.with(|p| *p)
 }
 
+/// The rundown slots of every binding below: a static outlives them all
+/// (Miri does not count what a static reaches as leaked).
+static SLOTS: std::sync::LazyLock<SlotArena> =
+    std::sync::LazyLock::new(|| SlotArena::new(PROCESSORS as usize));
+
 fn new_binding(nmr: &FreeingNmr) -> NonNull<TestBinding> {
-    let binding = TestBinding::for_client(nmr.clone(), "lifetime", ptr::null_mut(), 0)
+    let binding = TestBinding::for_client(nmr.clone(), &SLOTS, "lifetime", ptr::null_mut(), 0)
         .ok()
         .unwrap();
     binding.publish_peer(ptr::null_mut(), &TABLE);
@@ -206,7 +212,7 @@ fn releases_on_other_threads_free_the_binding_through_the_set() {
 #[test]
 fn an_unpublished_binding_is_never_callable() {
     let nmr = FreeingNmr::default();
-    let binding = TestBinding::for_client(nmr, "misuse", ptr::null_mut(), 0)
+    let binding = TestBinding::for_client(nmr, &SLOTS, "misuse", ptr::null_mut(), 0)
         .ok()
         .unwrap();
     assert!(binding.acquire().is_none(), "no peer table published yet");
@@ -218,7 +224,7 @@ fn an_unpublished_binding_is_never_callable() {
 fn a_second_detach_is_answered_pending_and_completes_nothing() {
     let nmr = FreeingNmr::default();
     let binding = NonNull::from(Box::leak(
-        TestBinding::for_client(nmr.clone(), "misuse", ptr::null_mut(), 0)
+        TestBinding::for_client(nmr.clone(), &SLOTS, "misuse", ptr::null_mut(), 0)
             .ok()
             .unwrap(),
     ));

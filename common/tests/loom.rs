@@ -14,7 +14,10 @@
 //! - a call released on the slot that admitted it, after moving to another
 //!   processor; the drain racing releases on every slot and its own summing;
 //! - the binding set's lookup (per-processor reader locks) against a cleanup
-//!   that unlinks and frees the binding inline (the set's list is a loom cell).
+//!   that unlinks and frees the binding inline (the set's list is a loom cell);
+//! - a rundown slot index of the module's arena reused after the cleanup
+//!   while a release of the old binding may still be running
+//!   (`rundown_index_reused_after_cleanup_vs_stale_release`, exhaustive).
 //!
 //! Run with
 //! `RUSTFLAGS="--cfg loom" cargo test -p nmr-common --release --test loom --target-dir target/loom`
@@ -35,6 +38,12 @@
 //! ignoring the others (6: reports after Drained, and early). Writers of the
 //! binding set taking only the first processor's lock fail the set model
 //! (loom: concurrent read and write of the list). "Increment first, back out
+//! when draining" with a bare `fetch_sub` is *not* a counting bug here (see
+//! below). The index-reuse model catches giving the slot index back to the
+//! arena when the drain has closed the slots rather than at the cleanup
+//! ("a stale release hit a reused slot": the old call's release lands on the
+//! new binding's slot), and a release that settles `pending` before its slot
+//! decrement (a lost report: "the old side cleaned up once", 0). Also: "increment first, back out
 //! when draining" with a bare `fetch_sub` is *not* a counting bug here: the
 //! drain reads each slot once, atomically, so a later transient increment is
 //! never in its total. The CAS stays: a refused caller writes nothing, so
@@ -54,6 +63,7 @@ use loom::thread;
 
 use std::cell::Cell;
 
+use nmr_common::arena::SlotArena;
 use nmr_common::binding::{Binding, BindingSet, PeerCall};
 use nmr_common::ffi::{
     HANDLE, NPI_CLIENT_CHARACTERISTICS, NPI_PROVIDER_CHARACTERISTICS, NTSTATUS, STATUS_PENDING,
@@ -150,6 +160,16 @@ struct Owner {
     inside: AtomicUsize,
     /// Drain reports.
     reports: AtomicUsize,
+    /// The arena of the rundown's slots: dropped after it (field order).
+    _arena: SlotArena,
+}
+
+/// Begins the drain of a rundown that outlives it (the models free owners
+/// only after the joins, or the report frees it and the caller never
+/// touches it again).
+fn drain(rundown: &Rundown) -> Drain {
+    // SAFETY: see above.
+    unsafe { Rundown::begin_drain(NonNull::from(rundown)) }
 }
 
 impl Owner {
@@ -159,8 +179,10 @@ impl Owner {
     }
 
     fn with_slots(slots: usize) -> Self {
+        let arena = SlotArena::new(slots);
         Owner {
-            rundown: Rundown::try_new(slots).expect("memory"),
+            rundown: Rundown::try_new(&arena).expect("memory"),
+            _arena: arena,
             inside: AtomicUsize::new(0),
             reports: AtomicUsize::new(0),
         }
@@ -236,7 +258,7 @@ fn rundown_two_calls_vs_drain() {
                 })
             })
             .collect();
-        let drain = owner.rundown.begin_drain();
+        let drain = drain(&owner.rundown);
         assert!(!call(&owner), "call admitted after the drain began");
         for caller in callers {
             caller.join().unwrap();
@@ -255,7 +277,7 @@ fn rundown_last_release_vs_drain() {
         held.inside.fetch_add(1, Ordering::Relaxed);
         let drainer = {
             let owner = owner.clone();
-            thread::spawn(move || owner.rundown.begin_drain())
+            thread::spawn(move || drain(&owner.rundown))
         };
         let caller = {
             let owner = owner.clone();
@@ -285,7 +307,7 @@ fn rundown_acquire_fails_after_drain() {
         let drainer = {
             let (owner, drain_begun) = (owner.clone(), drain_begun.clone());
             thread::spawn(move || {
-                let drain = owner.rundown.begin_drain();
+                let drain = drain(&owner.rundown);
                 drain_begun.store(true, Ordering::Release);
                 drain
             })
@@ -320,7 +342,7 @@ fn rundown_migrated_release_vs_drain() {
         let owner = Arc::new(Owner::new());
         let drainer = {
             let owner = owner.clone();
-            thread::spawn(move || owner.rundown.begin_drain())
+            thread::spawn(move || drain(&owner.rundown))
         };
         let other = {
             let owner = owner.clone();
@@ -372,7 +394,7 @@ fn rundown_releases_on_every_slot_vs_drain_summing() {
                 })
             })
             .collect();
-        let drain = o.rundown.begin_drain();
+        let drain = drain(&o.rundown);
         for cpu in 0..3 {
             run_on(cpu);
             assert!(
@@ -386,6 +408,89 @@ fn rundown_releases_on_every_slot_vs_drain_summing() {
         check_drained(o, drain, 3);
         // SAFETY: every thread joined; nothing refers to the owner.
         drop(unsafe { Box::from_raw(owner.0.as_ptr()) });
+    });
+}
+
+/// An owner whose drain report frees it, as a binding's cleanup does: its
+/// rundown's slot index goes back to the shared arena then.
+struct FreeingOwner {
+    rundown: Rundown,
+    reports: Arc<AtomicUsize>,
+}
+
+// SAFETY: `rundown` always returns the field of `self`.
+unsafe impl RundownOwner for FreeingOwner {
+    fn rundown(&self) -> &Rundown {
+        &self.rundown
+    }
+    fn current_processor(&self) -> usize {
+        current_cpu()
+    }
+    unsafe fn drained(this: NonNull<Self>) {
+        // SAFETY: boxed by the model; this is the one report: free it.
+        let owner = unsafe { Box::from_raw(this.as_ptr()) };
+        owner.reports.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+struct HandedFreeing(RundownGuard<'static, FreeingOwner>);
+// SAFETY: the guard's count keeps the owner alive until its release, on
+// whichever thread; the owner is `Sync`.
+unsafe impl Send for HandedFreeing {}
+
+/// A binding side's slot index is reused after its cleanup while a release
+/// of one of its calls may still be running: one call in flight returns on
+/// another thread as the drain begins; the report (or the drainer, on
+/// Drained) frees the owner, which gives its index back; meanwhile a new
+/// rundown leases from the same arena (one processor: one word per index),
+/// possibly that very index, and counts a call. A release that touched its
+/// slot after the index went back would be counted on the new rundown.
+#[test]
+fn rundown_index_reused_after_cleanup_vs_stale_release() {
+    model(None, || {
+        let arena = Arc::new(SlotArena::new(1));
+        let reports = Arc::new(AtomicUsize::new(0));
+        let old = Box::into_raw(Box::new(FreeingOwner {
+            rundown: Rundown::try_new(&arena).expect("memory"),
+            reports: reports.clone(),
+        }));
+        // SAFETY: alive until its report, which needs this call released.
+        let held = HandedFreeing(RundownGuard::try_acquire(unsafe { &*old }).unwrap());
+        let releaser = thread::spawn(move || drop(held.0));
+        // SAFETY: alive on entry; not touched afterwards unless Drained.
+        let old_drain =
+            unsafe { Rundown::begin_drain(NonNull::new_unchecked(&raw mut (*old).rundown)) };
+        if old_drain == Drain::Drained {
+            // SAFETY: no report will come: the cleanup is ours.
+            let owner = unsafe { Box::from_raw(old) };
+            owner.reports.fetch_add(1, Ordering::Relaxed);
+        }
+        let new = Owner {
+            rundown: Rundown::try_new(&arena).expect("memory"),
+            inside: AtomicUsize::new(0),
+            reports: AtomicUsize::new(0),
+            _arena: SlotArena::new(1),
+        };
+        let call = RundownGuard::try_acquire(&new).expect("a fresh rundown admits a call");
+        assert_eq!(
+            new.rundown.in_flight(),
+            1,
+            "a stale release hit a reused slot"
+        );
+        releaser.join().unwrap();
+        assert_eq!(
+            new.rundown.in_flight(),
+            1,
+            "a stale release hit a reused slot"
+        );
+        assert_eq!(
+            reports.load(Ordering::Relaxed),
+            1,
+            "the old side cleaned up once"
+        );
+        assert_eq!(drain(&new.rundown), Drain::Pending { in_flight: 1 });
+        drop(call);
+        assert_eq!(new.reports.load(Ordering::Relaxed), 1);
     });
 }
 
@@ -459,6 +564,8 @@ struct World {
     /// The client module's binding set, when the model uses one: the
     /// client's cleanup unlinks its binding from it before freeing it.
     client_set: Mutex<Option<Shared<TestSet>>>,
+    /// The rundown slots of the bindings (the module's arena).
+    slots: SlotArena,
 }
 
 /// The NMR as the bindings see it: records completions, and in the two-sided
@@ -473,6 +580,7 @@ impl MockNmr {
             cleanup,
             sides_done: AtomicUsize::new(0),
             client_set: Mutex::new(None),
+            slots: SlotArena::new(2),
         }))
     }
 
@@ -637,9 +745,9 @@ fn new_binding(nmr: &MockNmr, side: usize) -> Shared<TestBinding> {
         payload: UnsafeCell::new(LIVE),
     };
     let binding = if side == CLIENT {
-        Binding::for_client(nmr.clone(), "loom", handle, data)
+        Binding::for_client(nmr.clone(), &nmr.0.slots, "loom", handle, data)
     } else {
-        Binding::for_provider(nmr.clone(), "loom", handle, data)
+        Binding::for_provider(nmr.clone(), &nmr.0.slots, "loom", handle, data)
     };
     let binding = binding.unwrap_or_else(|_| panic!("out of memory"));
     let shared = Shared::new(binding);

@@ -43,6 +43,23 @@ impl std::fmt::Write for Buf {
     }
 }
 
+/// Whether the instruction at `rip` (in a mapped, readable image section)
+/// carries the `gs` segment prefix (0x65), among its legacy and REX prefixes.
+fn reads_gs(rip: usize) -> bool {
+    for i in 0..5 {
+        let Some(word) = read_word(rip + i) else {
+            return false;
+        };
+        match word as u8 {
+            0x65 => return true,
+            // Other legacy prefixes, REX: keep looking.
+            0x26 | 0x2e | 0x36 | 0x3e | 0x64 | 0x66 | 0x67 | 0xf0 | 0xf2 | 0xf3 | 0x40..=0x4f => {}
+            _ => return false,
+        }
+    }
+    false
+}
+
 fn signal_name(sig: libc::c_int) -> &'static str {
     match sig {
         libc::SIGSEGV => "SIGSEGV (access violation)",
@@ -139,6 +156,14 @@ extern "C" fn on_fault(sig: libc::c_int, info: *mut libc::siginfo_t, context: *m
                 i.path,
                 i.preferred + offset
             );
+            if reads_gs(rip) && crate::kpcr::gs_base() == 0 {
+                let _ = writeln!(
+                    b,
+                    "  cause: a gs:-relative read (the KPCR, e.g. wdm.h's KeGetCurrentProcessorIndex) \
+                     on a thread with no stand-in KPCR: this thread entered image code without \
+                     kpcr::ensure_current_thread"
+                );
+            }
         }
         None if table.is_some() => {
             let _ = write!(

@@ -38,6 +38,8 @@ mod fault;
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 mod image;
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+mod kpcr;
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 mod model;
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 mod netio;

@@ -439,6 +439,7 @@ pub(crate) extern "win64" fn ps_create_system_thread(
         .name(format!("{image_name} system thread"))
         .spawn(move || {
             let alt = crate::fault::AltStack::install();
+            crate::kpcr::ensure_current_thread();
             let running = THREADS_RUNNING.fetch_add(1, Ordering::Relaxed) + 1;
             THREADS_PEAK.fetch_max(running, Ordering::Relaxed);
             // SAFETY: `start` is inside a mapped image (checked); the image

@@ -122,6 +122,27 @@ pub struct ImageReport {
     pub trace: Vec<String>,
     /// The load serial of every driver this run loaded.
     pub loaded_ids: Vec<u64>,
+    /// One binding's pool bytes, measured at the start (see
+    /// [`BindingMemory`]); `None` when the measurement's loads failed.
+    pub binding_memory: Option<BindingMemory>,
+}
+
+/// What one binding costs in pool, measured on the images: the provider is
+/// loaded alone, then the client (one binding, one side each), then the
+/// client is unloaded (the provider's side is cleaned up and freed).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BindingMemory {
+    /// The processor count the images sized their per-processor memory for
+    /// (`KeQueryMaximumProcessorCountEx` stand-in).
+    pub processors: u32,
+    /// Pool bytes the provider's binding side holds while attached and frees
+    /// at its cleanup: the binding itself (its 8-byte rundown slot per
+    /// processor lives in the module's arena, below).
+    pub side_bytes: u64,
+    /// Pool bytes the provider's first attach allocated that stay with the
+    /// module after the cleanup: its slot arena's first chunk (one 128-byte
+    /// line per processor for 16 binding sides) and its binding list.
+    pub kept_by_module: u64,
 }
 
 impl ImageReport {
@@ -315,6 +336,16 @@ impl ImageReport {
             ),
             ("elapsed", format!("{:.1} s", self.elapsed.as_secs_f64())),
         ]);
+        if let Some(m) = self.binding_memory {
+            rows.push((
+                "pool bytes per binding side",
+                format!(
+                    "{} freed at cleanup + {} kept by the module from its first attach \
+                     (slot arena chunk for 16 sides, list), sized for {} processors",
+                    m.side_bytes, m.kept_by_module, m.processors
+                ),
+            ));
+        }
         let mut out = String::new();
         for (k, v) in rows {
             out.push_str(&format!("  {k:<36} {v}\n"));
@@ -369,6 +400,54 @@ fn load(dir: &Path, image: &str, report: &mut ImageReport) -> Option<Driver> {
     Some(d)
 }
 
+/// The pool bytes image `id` holds now.
+fn pool_bytes_of(id: u64) -> u64 {
+    pool::live_blocks_of(id)
+        .iter()
+        .filter_map(|line| {
+            let bytes = line.rsplit(", ").next()?.strip_suffix(" bytes")?;
+            bytes.parse::<u64>().ok()
+        })
+        .sum()
+}
+
+/// Measures [`BindingMemory`] with one provider and one client load. The
+/// loads count in `report`'s leak checks, not in its cycles.
+fn measure_binding_memory(dir: &Path, report: &mut ImageReport) -> Option<BindingMemory> {
+    let mut scratch = ImageReport::default();
+    let provider = load(dir, PROVIDER_IMAGE, &mut scratch);
+    let client = provider
+        .as_ref()
+        .and_then(|_| load(dir, CLIENT_IMAGE, &mut scratch));
+    report.loaded_ids.extend(scratch.loaded_ids.iter().copied());
+    report.failed_loads.append(&mut scratch.failed_loads);
+    let (provider, client) = match (provider, client) {
+        (Some(p), Some(c)) => (p, c),
+        (p, c) => {
+            p.into_iter().chain(c).for_each(|d| unload(d, &mut scratch));
+            return None;
+        }
+    };
+    let id = provider.id();
+    let before_unload = pool_bytes_of(id);
+    unload(client, &mut scratch);
+    let after_cleanup = pool_bytes_of(id);
+    // The provider's own bytes before any binding: unload and load again
+    // would be a new image; instead its first-attach growth is what stays
+    // above the module's load-time bytes, recorded by a second, unbound
+    // provider load.
+    unload(provider, &mut scratch);
+    let alone = load(dir, PROVIDER_IMAGE, &mut scratch)?;
+    report.loaded_ids.extend(scratch.loaded_ids.last().copied());
+    let module_bytes = pool_bytes_of(alone.id());
+    unload(alone, &mut scratch);
+    Some(BindingMemory {
+        processors: crate::ntoskrnl::ke_query_maximum_processor_count_ex(0),
+        side_bytes: before_unload.saturating_sub(after_cleanup),
+        kept_by_module: after_cleanup.saturating_sub(module_bytes),
+    })
+}
+
 fn unload(mut d: Driver, report: &mut ImageReport) {
     let t = Instant::now();
     if d.stop() {
@@ -421,6 +500,7 @@ pub fn run(config: &ImageStressConfig, progress: &dyn Fn(u64)) -> Result<ImageRe
         ntoskrnl::thread_stats(),
         ntoskrnl::trace_lines(),
     );
+    report.binding_memory = measure_binding_memory(&config.images, &mut report);
     let shown0 = ntoskrnl::trace_lines_shown_by_default();
     let entries0 = crate::stack::entry_stats();
     let locks0 = ntoskrnl::lock_stats();

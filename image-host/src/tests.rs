@@ -14,6 +14,9 @@ const PREFERRED: u64 = 0x1_8000_0000;
 pub(crate) const PROBE: u32 = 0x1000;
 pub(crate) const FAULT: u32 = 0x1010;
 const OVERFLOW: u32 = 0x1020;
+/// `mov eax, gs:[0x1a4]; ret`: wdm.h's `KeGetCurrentProcessorIndex`, as the
+/// shipped images inline it (reached as `Probe` + 0x30: not exported).
+const GS_INDEX: u32 = 0x1030;
 const CALL_IMPORT: u32 = 0x1050;
 
 fn put(buf: &mut [u8], at: usize, bytes: &[u8]) {
@@ -108,6 +111,11 @@ pub(crate) fn synthetic_image(import: &str) -> Vec<u8> {
         &[
             0x48, 0x81, 0xEC, 0x00, 0x10, 0x00, 0x00, 0x48, 0x89, 0x04, 0x24, 0xEB, 0xF3,
         ],
+    );
+    put(
+        &mut f,
+        file(GS_INDEX),
+        &[0x65, 0x8B, 0x04, 0x25, 0xA4, 0x01, 0x00, 0x00, 0xC3],
     );
     // mov ecx, 0xFFFF; jmp [rip + IAT slot]
     put(
@@ -468,6 +476,65 @@ fn a_bug_check_reports_code_parameters_and_the_image_and_stops_the_run() {
     assert!(stderr.contains("from synthetic.sys"), "{stderr}");
     assert!(
         stderr.contains("a Rust panic in the driver at synthetic.sys:42:7"),
+        "{stderr}"
+    );
+}
+
+/// The address of the synthetic image's `gs:[0x1a4]` read, as a function.
+fn gs_index_fn(d: &Driver) -> unsafe extern "win64" fn() -> u32 {
+    let probe = d.image().export("Probe").unwrap();
+    let at = probe + (GS_INDEX - PROBE) as usize;
+    // SAFETY: the bytes at `at` are `mov eax, gs:[0x1a4]; ret`, in the
+    // mapped executable section: a Windows x64 function of this signature.
+    unsafe { std::mem::transmute::<usize, unsafe extern "win64" fn() -> u32>(at) }
+}
+
+#[test]
+fn image_code_reads_the_processor_index_from_its_stand_in_kpcr() {
+    let d = load("KeQueryMaximumProcessorCountEx\0").unwrap();
+    let read = gs_index_fn(&d);
+    std::thread::spawn(move || {
+        crate::kpcr::ensure_current_thread();
+        let expected = crate::kpcr::index_here().expect("installed");
+        // SAFETY: this thread has a stand-in KPCR behind gs.
+        let seen = unsafe { read() };
+        assert_eq!(seen, expected, "the image reads the index the host wrote");
+        let count = crate::ntoskrnl::ke_query_maximum_processor_count_ex(0);
+        assert!(seen < count, "index {seen} below the count {count}");
+        crate::kpcr::ensure_current_thread(); // idempotent
+        // SAFETY: as above.
+        assert!(unsafe { read() } < count);
+    })
+    .join()
+    .unwrap();
+}
+
+#[test]
+fn a_gs_read_with_no_stand_in_kpcr_is_a_fault_report_naming_image_and_offset() {
+    if in_child().is_some() {
+        let d = load("KeQueryMaximumProcessorCountEx\0").unwrap();
+        let read = gs_index_fn(&d);
+        // A fresh thread that never entered image code through a hook.
+        std::thread::spawn(move || {
+            // SAFETY: deliberately reads gs:[0x1a4] with a zero gs base.
+            unsafe { read() };
+        })
+        .join()
+        .ok();
+        unreachable!("the fault ends the process");
+    }
+    let (code, stderr) = child(
+        "tests::a_gs_read_with_no_stand_in_kpcr_is_a_fault_report_naming_image_and_offset",
+        "gs",
+    );
+    assert_eq!(code, Some(crate::FAULT_EXIT_CODE), "{stderr}");
+    assert!(
+        stderr.contains("FAULT: SIGSEGV (access violation) accessing 0x1a4"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("at synthetic.sys+0x1030"), "{stderr}");
+    assert!(
+        stderr.contains("cause: a gs:-relative read (the KPCR"),
         "{stderr}"
     );
 }

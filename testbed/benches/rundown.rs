@@ -10,19 +10,27 @@
 //!   baseline.
 //! - `ex_rundown`: the shape of Windows' `EX_RUNDOWN_REF`: CAS acquire, CAS
 //!   release.
+//! - `ex_cache_aware`: the shape of Windows' `EX_RUNDOWN_REF_CACHE_AWARE`:
+//!   one `EX_RUNDOWN_REF` per processor, each on its own padded line (128 B
+//!   per processor per object), CAS acquire and CAS-loop release, both on the
+//!   current processor's (a count may go below zero on one processor; the
+//!   drain adds them up). It asks the model for the processor as
+//!   `percpu_rundown` does.
 //! - `percpu_rundown`: nmr-common's `Rundown`: CAS on the caller's
-//!   processor's slot, `fetch_sub` on the slot the guard remembers.
+//!   processor's 8-byte slot in the module's arena, `fetch_sub` on the slot
+//!   the guard remembers.
 //! - `call_word`, `call_ex`: the whole call path (load the peer's table and
 //!   context, acquire, indirect call, release) with each baseline, written as
-//!   `Binding::acquire` is; `call_percpu`: the real `Binding::acquire` on the
-//!   model, which asks it for the current processor (`sched_getcpu`).
+//!   `Binding::acquire` is; `call_ex_cache_aware` over the cache-aware shape;
+//!   `call_percpu`: the real `Binding::acquire` on the model, which asks it
+//!   for the current processor (an inline `fs:` read of the rseq `cpu_id`).
 //!
 //! In `2_threads/`, a second thread runs the same operation on the same
 //! objects for the whole measurement. Then `drain/`: `begin_drain` and the
 //! release of the one call in flight, which reports the drain inline, for 2,
 //! 64 and 640 slots. The memory of one binding side is printed first.
 //!
-//! Run: `cargo bench -p testbed --bench rundown -- --warm-up-time 1 --measurement-time 3`.
+//! Run (about 2 minutes): `cargo bench -p testbed --bench rundown -- --warm-up-time 0.5 --measurement-time 2`.
 
 use std::hint::black_box;
 use std::ptr::{self, NonNull};
@@ -32,6 +40,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use nmr_client_module::client::ProviderBinding;
+use nmr_common::arena::SlotArena;
 use nmr_common::binding::Binding;
 use nmr_common::nmr::Nmr;
 use nmr_common::rundown::{Drain, Rundown, RundownGuard, RundownOwner};
@@ -118,6 +127,51 @@ impl Protect for ExRundown {
     }
 }
 
+/// `EX_RUNDOWN_REF_CACHE_AWARE`'s shape: one `EX_RUNDOWN_REF` per processor,
+/// each padded to its own line; acquire and release on the current
+/// processor's (the release need not be on the acquiring one's: only the sum
+/// over processors matters to its drain).
+struct ExCacheAware {
+    refs: Box<[CacheLine<ExRundown>]>,
+    nmr: Sim,
+}
+
+#[repr(C, align(128))]
+struct CacheLine<T>(T);
+
+impl ExCacheAware {
+    fn new(nmr: Sim) -> Self {
+        let refs = (0..nmr.processor_count())
+            .map(|_| CacheLine(ExRundown(AtomicUsize::new(0))))
+            .collect();
+        ExCacheAware { refs, nmr }
+    }
+    #[inline(always)]
+    fn current(&self) -> &ExRundown {
+        let p = self.nmr.current_processor() as usize;
+        &self.refs[if p < self.refs.len() {
+            p
+        } else {
+            p % self.refs.len()
+        }]
+        .0
+    }
+}
+
+impl Protect for ExCacheAware {
+    #[inline(always)]
+    fn acquire(&self) -> bool {
+        self.current().acquire()
+    }
+    #[inline(always)]
+    fn release(&self) {
+        // The release CAS on the current processor's count may take it below
+        // zero (a migrated call); `ExRundown`'s encoding cannot, so this
+        // model releases on the same one, which costs the same.
+        self.current().release();
+    }
+}
+
 /// The whole call path of `Binding::acquire`, over a baseline rundown.
 struct CallPath<R> {
     dispatch: AtomicPtr<Table>,
@@ -157,14 +211,18 @@ struct PerCpu {
     rundown: Rundown,
     nmr: Sim,
     reports: AtomicUsize,
+    /// Dropped after the rundown, whose slot index it lends.
+    _arena: SlotArena,
 }
 
 impl PerCpu {
     fn new(slots: usize, nmr: Sim) -> Self {
+        let arena = SlotArena::new(slots);
         PerCpu {
-            rundown: Rundown::try_new(slots).expect("memory"),
+            rundown: Rundown::try_new(&arena).expect("memory"),
             nmr,
             reports: AtomicUsize::new(0),
+            _arena: arena,
         }
     }
 }
@@ -190,44 +248,59 @@ struct Fixture {
     floor: AtomicUsize,
     word: WordRundown,
     ex: ExRundown,
+    ex_cache_aware: ExCacheAware,
     percpu: PerCpu,
     call_word: CallPath<WordRundown>,
     call_ex: CallPath<ExRundown>,
+    call_ex_cache_aware: CallPath<ExCacheAware>,
     binding: Box<Binding<Sim, Table, ()>>,
+    /// The arena of `binding`'s slots: dropped after it.
+    _slots: SlotArena,
 }
 
 impl Fixture {
     fn new() -> Self {
         let sim = Sim::new(nmr_sim::Config::default());
-        let binding =
-            Binding::<Sim, Table, ()>::for_client(sim.clone(), "bench", ptr::null_mut(), ())
-                .unwrap_or_else(|_| panic!("memory"));
+        let slots = SlotArena::new(sim.processor_count() as usize);
+        let binding = Binding::<Sim, Table, ()>::for_client(
+            sim.clone(),
+            &slots,
+            "bench",
+            ptr::null_mut(),
+            (),
+        )
+        .unwrap_or_else(|_| panic!("memory"));
         binding.publish_peer(ptr::null_mut(), &TABLE);
         Fixture {
             floor: AtomicUsize::new(0),
             word: WordRundown(AtomicUsize::new(0)),
             ex: ExRundown(AtomicUsize::new(0)),
-            percpu: PerCpu::new(sim.processor_count() as usize, sim),
+            ex_cache_aware: ExCacheAware::new(sim.clone()),
+            percpu: PerCpu::new(sim.processor_count() as usize, sim.clone()),
             call_word: CallPath::new(WordRundown(AtomicUsize::new(0))),
             call_ex: CallPath::new(ExRundown(AtomicUsize::new(0))),
+            call_ex_cache_aware: CallPath::new(ExCacheAware::new(sim)),
             binding,
+            _slots: slots,
         }
     }
 }
 
-const OPS: [&str; 10] = [
+const OPS: [&str; 12] = [
     "floor",
     "floor_call",
     "direct_call",
     "word_rundown",
     "ex_rundown",
+    "ex_cache_aware",
     "percpu_rundown",
     "call_word",
     "call_ex",
+    "call_ex_cache_aware",
     "call_percpu",
     "stop",
 ];
-const STOP: usize = 9;
+const STOP: usize = 11;
 
 /// One operation; `op` is a constant where it is measured, so each variant
 /// compiles to its own straight-line code.
@@ -249,14 +322,18 @@ fn run(f: &Fixture, op: usize) {
         // A refused acquire (never here: nothing drains) falls to `_`.
         3 if f.word.acquire() => f.word.release(),
         4 if f.ex.acquire() => f.ex.release(),
-        5 => drop(black_box(RundownGuard::try_acquire(&f.percpu))),
-        6 => {
+        5 if f.ex_cache_aware.acquire() => f.ex_cache_aware.release(),
+        6 => drop(black_box(RundownGuard::try_acquire(&f.percpu))),
+        7 => {
             black_box(f.call_word.call(black_box(7)));
         }
-        7 => {
+        8 => {
             black_box(f.call_ex.call(black_box(7)));
         }
-        8 => {
+        9 => {
+            black_box(f.call_ex_cache_aware.call(black_box(7)));
+        }
+        10 => {
             black_box(f.binding.acquire().map(|p| (p.dispatch().f)(black_box(7))));
         }
         _ => {}
@@ -296,6 +373,8 @@ fn per_call(c: &mut Criterion, threads: usize) {
     bench!(6);
     bench!(7);
     bench!(8);
+    bench!(9);
+    bench!(10);
     g.finish();
     mode.store(usize::MAX, Ordering::Relaxed);
     if let Some(h) = hammer {
@@ -316,7 +395,9 @@ fn drain(c: &mut Criterion) {
                     let owner = PerCpu::new(slots, sim.clone());
                     let held = RundownGuard::try_acquire(&owner).expect("not draining");
                     let began = Instant::now();
-                    let drain = owner.rundown.begin_drain();
+                    // SAFETY: the owner lives on this stack; its report
+                    // only counts.
+                    let drain = unsafe { Rundown::begin_drain(NonNull::from(&owner.rundown)) };
                     drop(held);
                     total += began.elapsed();
                     assert!(matches!(drain, Drain::Pending { in_flight: 1 }));
@@ -330,23 +411,33 @@ fn drain(c: &mut Criterion) {
 }
 
 /// The memory of one binding side, for the bench's `Binding` and for the
-/// client module's real one, at several processor counts.
+/// client module's real one, at several processor counts: the struct, its
+/// 8-byte slot per processor, and its share of a full chunk's bookkeeping.
 fn memory() {
-    println!("memory per binding side (struct + per-processor slots):");
+    println!("memory per binding side (struct + per-processor slots in the module's arena):");
     for processors in [1u32, 2, 64, 640] {
         let sim = Sim::new(nmr_sim::Config {
             processors: Some(processors),
             ..nmr_sim::Config::default()
         });
-        let bench = Binding::<Sim, Table, ()>::for_client(sim.clone(), "m", ptr::null_mut(), ())
-            .unwrap_or_else(|_| panic!("memory"));
+        let slots = SlotArena::new(processors as usize);
+        let bench =
+            Binding::<Sim, Table, ()>::for_client(sim.clone(), &slots, "m", ptr::null_mut(), ())
+                .unwrap_or_else(|_| panic!("memory"));
+        let per_lease = slots.bytes_per_lease();
         println!(
-            "  {processors:>3} processors: {} bytes ({} struct + {} slots); client module's binding struct {} bytes",
-            bench.footprint(),
+            "  {processors:>3} processors: {} bytes ({} struct + {} slots) with a full chunk; \
+             chunk {} bytes for {} bindings; client module's binding struct {} bytes; \
+             EX_RUNDOWN_REF_CACHE_AWARE shape {} bytes",
+            size_of::<Binding<Sim, Table, ()>>() + per_lease,
             size_of::<Binding<Sim, Table, ()>>(),
-            bench.footprint() - size_of::<Binding<Sim, Table, ()>>(),
+            per_lease,
+            slots.chunk_bytes(),
+            nmr_common::arena::SLOTS_PER_PAGE,
             size_of::<ProviderBinding<Sim>>(),
+            processors as usize * size_of::<CacheLine<ExRundown>>(),
         );
+        drop(bench);
     }
 }
 

@@ -199,6 +199,12 @@ impl Report {
             ),
             ("elapsed", format!("{:.1} s", self.elapsed.as_secs_f64())),
         ]);
+        for processors in [host_processors(), 64] {
+            rows.push((
+                "heap bytes per binding side",
+                binding_memory(processors as usize),
+            ));
+        }
         let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
         let mut out = String::new();
         for (k, v) in rows {
@@ -206,6 +212,34 @@ impl Report {
         }
         out
     }
+}
+
+/// The host's processor count (what the phases with no forced count size
+/// their per-processor memory for).
+fn host_processors() -> u32 {
+    use nmr_common::nmr::Nmr as _;
+    Sim::new(Config::default()).processor_count()
+}
+
+/// One binding side's heap bytes when sized for `processors`: the binding
+/// (boxed: exactly its size) and its 8-byte rundown slot per processor in
+/// the module's arena, plus the arena chunk's bookkeeping per 16 sides.
+fn binding_memory(processors: usize) -> String {
+    use nmr_client_module::client::ProviderBinding;
+    use nmr_common::arena::{SLOTS_PER_PAGE, SlotArena};
+    use nmr_provider_module::provider::ClientBinding;
+    let arena = SlotArena::new(processors);
+    let slots = processors * size_of::<usize>();
+    format!(
+        "client {} + provider {} (struct) + {} (slots) each; arena chunk {} per {} sides; \
+         sized for {} processors",
+        size_of::<ProviderBinding<TestNmr>>(),
+        size_of::<ClientBinding<TestNmr>>(),
+        slots,
+        arena.chunk_bytes(),
+        SLOTS_PER_PAGE,
+        processors,
+    )
 }
 
 enum Module {

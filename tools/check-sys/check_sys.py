@@ -43,7 +43,10 @@ NTOSKRNL_ALLOWED = {
     # common/src/sync.rs: KernelSpinLock
     "KeAcquireSpinLockRaiseToDpc",
     "KeReleaseSpinLock",
-    # common/src/nmr.rs: the per-processor rundown
+    # common/src/nmr.rs: the per-processor rundown. On x64 the processor
+    # index is an inline gs: read (wdm.h's KeGetCurrentProcessorIndex), so
+    # the x64 images do not import KeGetCurrentProcessorNumberEx; other
+    # architectures call it.
     "KeQueryMaximumProcessorCountEx",
     "KeGetCurrentProcessorNumberEx",
 }

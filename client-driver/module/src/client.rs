@@ -278,14 +278,18 @@ unsafe extern "system" fn attach_provider<N: Nmr>(
     };
 
     let data = BindingData { module, version };
-    let Ok(binding) =
-        ProviderBinding::for_client(module.core.nmr().clone(), module.core.name(), handle, data)
-    else {
+    let Ok(binding) = ProviderBinding::for_client(
+        module.core.nmr().clone(),
+        module.bindings.slots(),
+        module.core.name(),
+        handle,
+        data,
+    ) else {
         return module.core.decline(
             &module.counters().declined,
             handle,
             STATUS_INSUFFICIENT_RESOURCES,
-            &"no memory for the binding",
+            &"no memory for the binding or its rundown slots",
         );
     };
     // The binding's place in our list, held now: once NmrClientAttachProvider

@@ -270,14 +270,18 @@ unsafe extern "system" fn attach_client<N: Nmr>(
     };
 
     let data = BindingData { module, version };
-    let Ok(binding) =
-        ClientBinding::for_provider(module.core.nmr().clone(), module.core.name(), handle, data)
-    else {
+    let Ok(binding) = ClientBinding::for_provider(
+        module.core.nmr().clone(),
+        module.bindings.slots(),
+        module.core.name(),
+        handle,
+        data,
+    ) else {
         return module.core.decline(
             &module.counters().declined,
             handle,
             STATUS_INSUFFICIENT_RESOURCES,
-            &"no memory for the binding",
+            &"no memory for the binding or its rundown slots",
         );
     };
     binding.publish_peer(client_context, table);

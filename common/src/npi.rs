@@ -163,6 +163,8 @@ pub enum PeerMismatch {
     },
     /// The module id is not a well-formed GUID module id.
     ModuleId,
+    /// The peer's registration names another NPI (or none).
+    NpiId,
 }
 
 impl core::fmt::Display for PeerMismatch {
@@ -179,6 +181,7 @@ impl core::fmt::Display for PeerMismatch {
                 )
             }
             PeerMismatch::ModuleId => f.write_str("peer module id is not a GUID module id"),
+            PeerMismatch::NpiId => f.write_str("peer registered for another NPI"),
         }
     }
 }

@@ -169,7 +169,17 @@ impl Rundown {
 
     /// Begins the drain: closes every slot, so that from its return on every
     /// acquire fails. O(slots), never blocks.
-    pub fn begin_drain(&self) -> Drain {
+    ///
+    /// # Safety
+    ///
+    /// Beginning the drain arms the report: when this answers
+    /// [`Drain::Pending`], the last release calls the owner's
+    /// [`RundownOwner::drained`], which may complete a detach and free the
+    /// owner. So the caller is the one party entitled to start that: for an
+    /// NMR binding, its detach callback (a drain begun anywhere else would
+    /// complete a detach that never ran). The owner must stay valid until
+    /// this returns.
+    pub unsafe fn begin_drain(&self) -> Drain {
         if self.draining.swap(true, Ordering::AcqRel) {
             return Drain::AlreadyDraining;
         }
@@ -327,6 +337,13 @@ mod tests {
     extern crate std;
     use core::sync::atomic::AtomicUsize as Counter;
 
+    /// Begins a drain on a test owner's rundown.
+    fn begin_drain(rundown: &Rundown) -> Drain {
+        // SAFETY: the test owners' `drained` only records the report (it completes
+        // no detach and frees nothing), so any caller may begin their drain.
+        unsafe { rundown.begin_drain() }
+    }
+
     struct Owner {
         rundown: Rundown,
         reports: Counter,
@@ -365,7 +382,7 @@ mod tests {
     #[test]
     fn drain_with_nothing_in_flight_is_immediate_and_never_reports() {
         let o = owner();
-        assert_eq!(o.rundown.begin_drain(), Drain::Drained);
+        assert_eq!(begin_drain(&o.rundown), Drain::Drained);
         assert!(RundownGuard::try_acquire(&o).is_none());
         assert_eq!(o.reports.load(Ordering::Relaxed), 0);
     }
@@ -376,7 +393,7 @@ mod tests {
         let a = RundownGuard::try_acquire(&o).unwrap();
         let b = RundownGuard::try_acquire(&o).unwrap();
         assert_eq!(o.rundown.in_flight(), 2);
-        assert_eq!(o.rundown.begin_drain(), Drain::Pending { in_flight: 2 });
+        assert_eq!(begin_drain(&o.rundown), Drain::Pending { in_flight: 2 });
         assert!(
             RundownGuard::try_acquire(&o).is_none(),
             "no new call once draining"
@@ -400,7 +417,7 @@ mod tests {
             drop(g);
         }
         assert_eq!(o.reports.load(Ordering::Relaxed), 0);
-        assert_eq!(o.rundown.begin_drain(), Drain::Drained);
+        assert_eq!(begin_drain(&o.rundown), Drain::Drained);
         assert_eq!(o.reports.load(Ordering::Relaxed), 0);
     }
 
@@ -408,11 +425,11 @@ mod tests {
     fn second_drain_is_a_named_no_op() {
         let o = owner();
         let g = RundownGuard::try_acquire(&o).unwrap();
-        assert_eq!(o.rundown.begin_drain(), Drain::Pending { in_flight: 1 });
-        assert_eq!(o.rundown.begin_drain(), Drain::AlreadyDraining);
+        assert_eq!(begin_drain(&o.rundown), Drain::Pending { in_flight: 1 });
+        assert_eq!(begin_drain(&o.rundown), Drain::AlreadyDraining);
         drop(g);
         assert_eq!(o.reports.load(Ordering::Relaxed), 1);
-        assert_eq!(o.rundown.begin_drain(), Drain::AlreadyDraining);
+        assert_eq!(begin_drain(&o.rundown), Drain::AlreadyDraining);
         assert_eq!(o.reports.load(Ordering::Relaxed), 1);
         assert!(o.rundown.is_draining());
     }
@@ -433,7 +450,7 @@ mod tests {
         drop(a); // releases slot 0, not slot 1
         assert_eq!(o.rundown.slots.at(0).in_flight(), 0);
         assert_eq!(o.rundown.slots.at(1).in_flight(), 1);
-        assert_eq!(o.rundown.begin_drain(), Drain::Pending { in_flight: 1 });
+        assert_eq!(begin_drain(&o.rundown), Drain::Pending { in_flight: 1 });
         drop(b);
         assert_eq!(o.reports.load(Ordering::Relaxed), 1);
     }
@@ -447,7 +464,7 @@ mod tests {
             held.push(RundownGuard::try_acquire(&o).unwrap());
         }
         assert_eq!(o.rundown.in_flight(), 5);
-        assert_eq!(o.rundown.begin_drain(), Drain::Pending { in_flight: 5 });
+        assert_eq!(begin_drain(&o.rundown), Drain::Pending { in_flight: 5 });
         for cpu in 0..6 {
             o.cpu.store(cpu, Ordering::Relaxed);
             assert!(RundownGuard::try_acquire(&o).is_none(), "slot {cpu} closed");
@@ -491,7 +508,7 @@ mod tests {
                     })
                 })
                 .collect();
-            let pending = matches!(o.rundown.begin_drain(), Drain::Pending { .. });
+            let pending = matches!(begin_drain(&o.rundown), Drain::Pending { .. });
             for w in workers {
                 w.join().unwrap();
             }

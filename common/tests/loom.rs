@@ -236,7 +236,7 @@ fn rundown_two_calls_vs_drain() {
                 })
             })
             .collect();
-        let drain = owner.rundown.begin_drain();
+        let drain = begin_drain(&owner.rundown);
         assert!(!call(&owner), "call admitted after the drain began");
         for caller in callers {
             caller.join().unwrap();
@@ -255,7 +255,7 @@ fn rundown_last_release_vs_drain() {
         held.inside.fetch_add(1, Ordering::Relaxed);
         let drainer = {
             let owner = owner.clone();
-            thread::spawn(move || owner.rundown.begin_drain())
+            thread::spawn(move || begin_drain(&owner.rundown))
         };
         let caller = {
             let owner = owner.clone();
@@ -285,7 +285,7 @@ fn rundown_acquire_fails_after_drain() {
         let drainer = {
             let (owner, drain_begun) = (owner.clone(), drain_begun.clone());
             thread::spawn(move || {
-                let drain = owner.rundown.begin_drain();
+                let drain = begin_drain(&owner.rundown);
                 drain_begun.store(true, Ordering::Release);
                 drain
             })
@@ -320,7 +320,7 @@ fn rundown_migrated_release_vs_drain() {
         let owner = Arc::new(Owner::new());
         let drainer = {
             let owner = owner.clone();
-            thread::spawn(move || owner.rundown.begin_drain())
+            thread::spawn(move || begin_drain(&owner.rundown))
         };
         let other = {
             let owner = owner.clone();
@@ -372,7 +372,7 @@ fn rundown_releases_on_every_slot_vs_drain_summing() {
                 })
             })
             .collect();
-        let drain = o.rundown.begin_drain();
+        let drain = begin_drain(&o.rundown);
         for cpu in 0..3 {
             run_on(cpu);
             assert!(
@@ -636,10 +636,14 @@ fn new_binding(nmr: &MockNmr, side: usize) -> Shared<TestBinding> {
     let data = Data {
         payload: UnsafeCell::new(LIVE),
     };
-    let binding = if side == CLIENT {
-        Binding::for_client(nmr.clone(), "loom", handle, data)
-    } else {
-        Binding::for_provider(nmr.clone(), "loom", handle, data)
+    // SAFETY: `handle` is the mock NMR's handle of this side's binding, and
+    // the models detach it only through `Binding::detach`.
+    let binding = unsafe {
+        if side == CLIENT {
+            Binding::for_client(nmr.clone(), "loom", handle, data)
+        } else {
+            Binding::for_provider(nmr.clone(), "loom", handle, data)
+        }
     };
     let binding = binding.unwrap_or_else(|_| panic!("out of memory"));
     let shared = Shared::new(binding);
@@ -652,7 +656,9 @@ fn new_binding(nmr: &MockNmr, side: usize) -> Shared<TestBinding> {
 fn publish_peer(binding: Shared<TestBinding>, peer_context: *mut c_void) {
     // SAFETY: the binding is live: the models free it only after the threads
     // that use it started.
-    unsafe { binding.get() }.publish_peer(peer_context, &TABLE);
+    let binding = unsafe { binding.get() };
+    // SAFETY: the static table, with the peer binding's context, once.
+    unsafe { binding.publish_peer(peer_context, &TABLE) }.expect("published once");
 }
 
 /// Reads a live binding's payload (loom checks it is ordered before the free).
@@ -918,4 +924,11 @@ fn binding_set_worker_round_vs_detach_and_cleanup() {
         assert!(set.is_empty(), "the cleanup unlinked the binding");
         *nmr.0.client_set.lock().unwrap() = None;
     });
+}
+
+/// Begins a drain on a test owner's rundown.
+fn begin_drain(rundown: &Rundown) -> Drain {
+    // SAFETY: the test owners' `drained` only records the report (it completes
+    // no detach and frees nothing), so any caller may begin their drain.
+    unsafe { rundown.begin_drain() }
 }

@@ -149,16 +149,13 @@ impl<N: Nmr> ClientModule<N> {
             (*(*this).characteristics.get()).ClientRegistrationInstance =
                 ModuleCore::registration_instance(&raw const (*this).core);
         }
-        let status = client.core.register(|handle| {
-            // SAFETY: characteristics and context live in the module, which
-            // outlives the registration (freed only after the wait returns).
-            unsafe {
-                client
-                    .core
-                    .nmr()
-                    .register_client(client.characteristics.get(), this.cast(), handle)
-            }
-        });
+        // SAFETY: characteristics and context live in the module, which
+        // outlives the registration (freed only after the wait returns).
+        let status = unsafe {
+            client
+                .core
+                .register_client(client.characteristics.get(), this.cast())
+        };
         if nt_success(status) {
             Ok(client)
         } else {
@@ -236,7 +233,7 @@ impl<N: Nmr> ClientModule<N> {
 
 impl<N: Nmr> Unload for ClientModule<N> {
     fn unload(&self) -> NTSTATUS {
-        self.core.unload_client()
+        self.core.unload()
     }
 }
 
@@ -278,9 +275,12 @@ unsafe extern "system" fn attach_provider<N: Nmr>(
     };
 
     let data = BindingData { module, version };
-    let Ok(binding) =
+    // SAFETY: `handle` is this ClientAttachProvider's binding handle, and the
+    // binding becomes its client binding context (or is dropped undetached).
+    let binding = unsafe {
         ProviderBinding::for_client(module.core.nmr().clone(), module.core.name(), handle, data)
-    else {
+    };
+    let Ok(binding) = binding else {
         return module.core.decline(
             &module.counters().declined,
             handle,
@@ -334,7 +334,11 @@ unsafe extern "system" fn attach_provider<N: Nmr>(
     // header first and never past the size it declares. The table stays valid
     // until cleanup.
     match unsafe { check_dispatch::<ProviderDispatch>(peer_dispatch, version) } {
-        Ok(table) => binding_ref.publish_peer(peer_context, table),
+        Ok(table) => {
+            // SAFETY: the table and context the provider gave for this binding,
+            // valid until cleanup; published once, here.
+            let _first = unsafe { binding_ref.publish_peer(peer_context, table) };
+        }
         // Too late to decline: the binding exists. It is never published, so
         // never called, and is detached and cleaned up like any other.
         Err(why) => module.core.trace(

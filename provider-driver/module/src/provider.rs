@@ -147,17 +147,13 @@ impl<N: Nmr> ProviderModule<N> {
             (*(*this).characteristics.get()).ProviderRegistrationInstance =
                 ModuleCore::registration_instance(&raw const (*this).core);
         }
-        let status = provider.core.register(|handle| {
-            // SAFETY: characteristics and context live in the module, which
-            // outlives the registration (freed only after the wait returns).
-            unsafe {
-                provider.core.nmr().register_provider(
-                    provider.characteristics.get(),
-                    this.cast(),
-                    handle,
-                )
-            }
-        });
+        // SAFETY: characteristics and context live in the module, which
+        // outlives the registration (freed only after the wait returns).
+        let status = unsafe {
+            provider
+                .core
+                .register_provider(provider.characteristics.get(), this.cast())
+        };
         if nt_success(status) {
             Ok(provider)
         } else {
@@ -211,7 +207,7 @@ impl<N: Nmr> ProviderModule<N> {
 
 impl<N: Nmr> Unload for ProviderModule<N> {
     fn unload(&self) -> NTSTATUS {
-        self.core.unload_provider()
+        self.core.unload()
     }
 }
 
@@ -270,9 +266,12 @@ unsafe extern "system" fn attach_client<N: Nmr>(
     };
 
     let data = BindingData { module, version };
-    let Ok(binding) =
+    // SAFETY: `handle` is this ProviderAttachClient's binding handle, and
+    // the binding becomes its provider binding context (or is dropped).
+    let binding = unsafe {
         ClientBinding::for_provider(module.core.nmr().clone(), module.core.name(), handle, data)
-    else {
+    };
+    let Ok(binding) = binding else {
         return module.core.decline(
             &module.counters().declined,
             handle,
@@ -280,7 +279,9 @@ unsafe extern "system" fn attach_client<N: Nmr>(
             &"no memory for the binding",
         );
     };
-    binding.publish_peer(client_context, table);
+    // SAFETY: the table and context the client gave for this binding, valid
+    // until cleanup; a fresh binding, published once.
+    let _first = unsafe { binding.publish_peer(client_context, table) };
     let binding = NonNull::from(Box::leak(binding));
     // SAFETY: the binding stays valid until cleanup, which unlinks it first.
     if unsafe { module.bindings.insert(binding) }.is_err() {

@@ -385,7 +385,7 @@ impl Default for Registration {
 
 /// A module that can be unloaded: deregistered, and waited for.
 pub trait Unload {
-    /// Deregisters and waits (see [`Registration::unload_client`]); idempotent.
+    /// Deregisters and waits (see [`Registration::unload`]); idempotent.
     fn unload(&self) -> NTSTATUS;
 }
 

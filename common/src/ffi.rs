@@ -3,7 +3,7 @@
 //! Names follow the C header so that a reader can hold this file next to the
 //! header and the documentation. Every size and offset is pinned by the
 //! compile-time assertions at the bottom of this file, which run for every
-//! target: they are the table of `NMR-CONTRACT.md` §1, confirmed against the
+//! target: they are the table of docs/nmr-contract.md ("ABI"), confirmed against the
 //! WDK 10.0.16299 headers for `x86_64-pc-windows-msvc`.
 
 #![allow(non_camel_case_types, non_snake_case)]
@@ -321,7 +321,7 @@ pub mod netio {
     }
 }
 
-// Layout pins: NMR-CONTRACT.md §1. These are evaluated at compile time for
+// Layout pins: docs/nmr-contract.md, "ABI". These are evaluated at compile time for
 // every target the crate is built for, so moving a field breaks the build.
 const _: () = {
     use core::mem::{offset_of, size_of};

@@ -1,7 +1,7 @@
 //! The portable core shared by the NMR client and provider drivers.
 //!
 //! `#![no_std]` with `alloc`, no WDK: it builds for the Windows kernel and for
-//! the Linux host alike. See `DESIGN.md` for how the pieces fit.
+//! the Linux host alike. See `docs/architecture.md` for how the pieces fit.
 //!
 //! - [`ffi`]: the `netioddk.h` ABI, declared by hand and pinned by layout checks.
 //! - [`nmr`]: the [`nmr::Nmr`] seam and its Windows implementation.

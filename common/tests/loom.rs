@@ -1,4 +1,4 @@
-//! Loom models of the rundown and of one binding's detach (NMR-CONTRACT.md
+//! Loom models of the rundown and of one binding's detach (docs/nmr-contract.md
 //! §2 R7–R10): every interleaving of a few calls, releases and drains, up to
 //! the preemption bound, checked for
 //!

@@ -63,6 +63,7 @@
 //! ```
 
 #![no_std]
+#![deny(missing_docs)]
 
 extern crate alloc;
 

@@ -132,6 +132,13 @@ impl Offer {
 }
 
 /// Why a module declines a peer: becomes the attach callback's status.
+///
+/// ```
+/// use nmr::Decline;
+/// use nmr_common::ffi::{STATUS_INSUFFICIENT_RESOURCES, STATUS_NOINTERFACE};
+/// assert_eq!(Decline::NoInterface("not ours").status(), STATUS_NOINTERFACE);
+/// assert_eq!(Decline::NoMemory("pool").status(), STATUS_INSUFFICIENT_RESOURCES);
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Decline {
     /// Not interested in this peer: `STATUS_NOINTERFACE`.
@@ -430,6 +437,44 @@ impl<R: Role> Inner<R> {
 /// by registering; dropping it deregisters and waits for the NMR (PASSIVE
 /// only), then frees the module. If the deregistration fails, the module is
 /// leaked rather than freed under the NMR's feet (the failure is traced).
+///
+/// A provider that serves checksums, registered on the model NMR, with a
+/// client of the same NPI attaching to it:
+///
+/// ```
+/// use nmr::{AsProvider, Callee, Decline, Identity, Offer, ProviderModule};
+/// use nmr_checksum_npi::{ChecksumNpi, ProviderDispatch, Serve, internet_checksum};
+/// use nmr_common::ffi::{GUID, NTSTATUS, STATUS_SUCCESS};
+/// use nmr_sim::Sim;
+///
+/// struct Summer;
+/// impl ProviderModule for Summer {
+///     type Nmr = Sim;
+///     type Npi = ChecksumNpi;
+///     type Binding = ();
+///     fn dispatch() -> ProviderDispatch {
+///         nmr_checksum_npi::provider_table::<Self>()
+///     }
+///     fn attach(&self, _: &Offer) -> Result<(), Decline> {
+///         Ok(())
+///     }
+/// }
+/// impl Serve for Summer {
+///     fn features(_: &Callee<'_, AsProvider<Self>>) -> u32 {
+///         nmr_checksum_npi::FEATURE_CHECKSUM
+///     }
+///     fn checksum(_: &Callee<'_, AsProvider<Self>>, data: &[u8]) -> Result<u16, NTSTATUS> {
+///         Ok(internet_checksum(data))
+///     }
+/// }
+///
+/// let sim = Sim::new(nmr_sim::Config::default());
+/// let provider = nmr::Provider::register(sim, Identity::new("summer", GUID::from_u128(2)), Summer)
+///     .expect("registers");
+/// assert_eq!(provider.binding_count(), 0);
+/// assert_eq!(provider.life().offered, 0);
+/// drop(provider); // deregisters and waits
+/// ```
 pub struct Registration<R: Role> {
     inner: ModuleBox<Inner<R>>,
 }

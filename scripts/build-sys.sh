@@ -13,10 +13,14 @@
 # The .cat is the package's catalog (what inf2cat makes on Windows), written
 # unsigned by tools/make-cat (package nmr-make-cat, a host build).
 #
-# Usage: scripts/build-sys.sh [--sign]
+# Usage: scripts/build-sys.sh [--sign] [--no-cfg]
 #   --sign   then test-sign both images and catalogs and export the
 #            certificate as target/sys/nmr_test.cer (scripts/sign-sys.sh;
 #            test signing only)
+#   --no-cfg build the images without the hardening flags (no Control Flow
+#            Guard, not CET-compatible) into target/sys-nocfg/ instead: the
+#            baseline of the CFG benchmark (docs/benchmarks.md) and the image
+#            that scripts/check-sys.sh must fail. Never shipped.
 #
 # Environment:
 #   SYS_BUILD_NUMBER  4th field of DriverVer (default: the commit count of HEAD)
@@ -32,9 +36,11 @@ out=target/sys
 drivers=(nmr_client nmr_provider)  # image names; packages are nmr-client, nmr-provider
 
 sign=0
+hardening=1
 for arg in "$@"; do
     case $arg in
         --sign) sign=1 ;;
+        --no-cfg) hardening=0 ;;
         -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *) echo "build-sys: unknown argument: $arg" >&2; exit 2 ;;
     esac
@@ -67,6 +73,41 @@ wdk_wdm_link_args=(
 # the same), /DEBUG writes the .pdb.
 extra_link_args=(/RELEASE /DEBUG)
 
+# --- hardening: Control Flow Guard and CET (issue 19) ------------------------
+# The one place of the flags (the cargo make build gets the same ones: the
+# compiler flag from Makefile.toml's build task, the link flags from the
+# drivers' build.rs):
+# - every crate of the image, `core` included, compiled with
+#   -C control-flow-guard=checks: each indirect call goes through
+#   __guard_dispatch_icall_fptr, the address-taken functions are listed
+#   (.gfids$y). It is given as the target's rustflags, so that it reaches
+#   every crate, not only the driver's (cargo rustc's own arguments do);
+#   the precompiled `core` comes in as bitcode and is compiled again under
+#   the release profile's LTO, with the flag (docs/linux-build.md says how
+#   much of the image is instrumented).
+# - /guard:cf: the linker writes the guard function table and the
+#   __guard_* symbols the shell's _load_config_used points at
+#   (shell/src/cfg_support.rs), and sets IMAGE_DLLCHARACTERISTICS_GUARD_CF;
+# - /cetcompat: the IMAGE_DLLCHARACTERISTICS_EX_CET_COMPAT debug entry
+#   (kernel-mode hardware-enforced stack protection loads only such images).
+# scripts/check-sys.sh fails an image without any of the three.
+hardening_rustflags=(-C control-flow-guard=checks)
+hardening_link_args=(/guard:cf /cetcompat)
+
+config_args=()
+if ((sign && !hardening)); then
+    echo "build-sys: --no-cfg images are a baseline, never signed: drop --sign" >&2
+    exit 2
+fi
+if ((hardening)); then
+    extra_link_args+=("${hardening_link_args[@]}")
+    flags=$(printf '"%s", ' "${hardening_rustflags[@]}")
+    config_args=(--config "target.$target.rustflags = [${flags%, }]")
+else
+    build_dir=target/sys-build-nocfg
+    out=target/sys-nocfg
+fi
+
 rustc_args=(-C linker=rust-lld -C linker-flavor=lld-link)
 for a in "${wdk_wdm_link_args[@]}" "${extra_link_args[@]}"; do
     rustc_args+=(-C "link-arg=$a")
@@ -74,7 +115,8 @@ done
 
 # --- build ---------------------------------------------------------------------
 # The package directory and the test-signing key of the previous build go together.
-rm -rf "${out:?}" target/sys-signing
+rm -rf "${out:?}"
+if ((hardening)); then rm -rf target/sys-signing; fi
 mkdir -p "$out"
 
 for drv in "${drivers[@]}"; do
@@ -85,7 +127,7 @@ for drv in "${drivers[@]}"; do
     CARGO_PROFILE_RELEASE_DEBUG=full \
         cargo rustc --quiet -p "$pkg" --lib --crate-type cdylib --release \
         --target "$target" --target-dir "$build_dir" \
-        --no-default-features --features raw-kernel \
+        --no-default-features --features raw-kernel "${config_args[@]}" \
         -- "${rustc_args[@]}"
     dir=$build_dir/$target/release
     cp "$dir/$drv.dll" "$out/$drv.sys"

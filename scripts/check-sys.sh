@@ -8,7 +8,10 @@
 #   only export and the entry point; imports only from ntoskrnl.exe and
 #   NETIO.SYS, none delay-loaded or by ordinal, every ntoskrnl.exe import on
 #   the allow-list, the NMR imports exactly those the driver needs; the
-#   CodeView entry names <driver>.pdb; the stamped <driver>.inf beside it has
+#   CodeView entry names <driver>.pdb; Control Flow Guard (GUARD_CF, a load
+#   configuration with the CFG pointers and flags, a guard function table
+#   covering every function the image hands out) and the CET-compatible flag;
+#   the stamped <driver>.inf beside it has
 #   no [DefaultUninstall] or DelService (a primitive driver under infverif /w)
 #   and offers the package only to the Windows builds that export every
 #   kernel function the image imports (NTamd64.10.0...19041: ExAllocatePool2).
@@ -17,7 +20,8 @@
 # llvm-tools`) and python3; installs the pefile package into target/sys-tools/
 # on first use (pip --target: no venv, nothing system-wide).
 #
-# Environment: LLVM_READOBJ=/path/to/llvm-readobj to pick one.
+# Environment: LLVM_READOBJ=/path/to/llvm-readobj, LLVM_OBJDUMP=/path/to/llvm-objdump
+# to pick them.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -54,6 +58,16 @@ if ! readobj=$(find_readobj); then
     exit 1
 fi
 export LLVM_READOBJ=$readobj
+# llvm-objdump (the CFG instrumentation check): $LLVM_OBJDUMP, or the one
+# beside the llvm-readobj found (same package, same version suffix).
+if [[ -z ${LLVM_OBJDUMP:-} ]]; then
+    LLVM_OBJDUMP=$(dirname "$readobj")/$(basename "$readobj" | sed 's/readobj/objdump/')
+fi
+if ! command -v "$LLVM_OBJDUMP" >/dev/null; then
+    echo "check-sys: llvm-objdump not found beside $readobj (set LLVM_OBJDUMP)" >&2
+    exit 1
+fi
+export LLVM_OBJDUMP
 
 if ! command -v python3 >/dev/null; then
     echo "check-sys: python3 not found (apt-get install python3)" >&2

@@ -19,6 +19,8 @@ struct Wrapped {
     image_base: usize,
     content: Vec<u8>,
     pages: Pages,
+    /// The thunks, seen through by the CFG checks (cfg.rs).
+    _forwarders: crate::cfg::Registered,
 }
 
 static TABLES: Mutex<Vec<Wrapped>> = Mutex::new(Vec::new());
@@ -86,6 +88,7 @@ pub(crate) fn wrap(table: *const std::ffi::c_void) -> *const std::ffi::c_void {
         if registry::image_at(target).is_none_or(|i| i.base != image.base) {
             continue; // not a function of this image: left as is
         }
+        let target = crate::cfg::table_entry(image.name, target);
         let mut code = Vec::with_capacity(THUNK_SIZE);
         code.extend_from_slice(&[0x48, 0xB8]); // mov rax, &calls
         code.extend_from_slice(&(calls as *const AtomicU64 as u64).to_le_bytes());
@@ -110,10 +113,14 @@ pub(crate) fn wrap(table: *const std::ffi::c_void) -> *const std::ffi::c_void {
         return table;
     }
     let wrapped = pages.base().cast_const().cast();
+    // Each thunk holds its destination after `mov rax, &calls; lock inc; mov rax,`.
+    let forwarders =
+        crate::cfg::register_forwarders(base as usize, pages.len(), MAX_TABLE, THUNK_SIZE, 16);
     tables.push(Wrapped {
         image_base: image.base,
         content: bytes,
         pages,
+        _forwarders: forwarders,
     });
     wrapped
 }

@@ -66,6 +66,7 @@ pub struct Driver {
     image: Option<MappedImage>,
     thunks: Option<Thunks>,
     registered: Option<Registered>,
+    guarded: Option<crate::cfg::Registered>,
     object: Box<DriverObject>,
     registry_path: Vec<u16>,
     state: State,
@@ -93,7 +94,10 @@ impl Driver {
         let mut thunks = Thunks::new()?;
         let ctx_ptr: *const ImageCtx = &*ctx;
         let image = MappedImage::map(data, &mut |dll, function| {
-            thunks.resolve(dll, function, ctx_ptr)
+            // A kernel export: a valid indirect call target (cfg.rs).
+            thunks
+                .resolve(dll, function, ctx_ptr)
+                .inspect(|&a| crate::cfg::allow_export(a))
         })?;
         thunks.seal()?;
         let registered = registry::register_image(
@@ -104,6 +108,8 @@ impl Driver {
             image.preferred_base(),
         )
         .ok_or_else(|| LoadError::Os("too many images mapped at once".into()))?;
+        let guarded = crate::cfg::register(image.base(), image.size(), image.guard())
+            .ok_or_else(|| LoadError::Os("too many images mapped at once".into()))?;
         IDS.lock()
             .unwrap_or_else(|e| e.into_inner())
             .push((image.base(), image.size(), ctx.id));
@@ -120,6 +126,7 @@ impl Driver {
             image: Some(image),
             thunks: Some(thunks),
             registered: Some(registered),
+            guarded: Some(guarded),
             object,
             registry_path,
             state: State::Mapped,
@@ -294,6 +301,7 @@ impl Drop for Driver {
             std::mem::forget(self.image.take());
             std::mem::forget(self.thunks.take());
             std::mem::forget(self.registered.take());
+            std::mem::forget(self.guarded.take());
             let ctx = std::mem::replace(&mut self.ctx, Box::new(ImageCtx::new("gone", "gone")));
             std::mem::forget(ctx);
             return;

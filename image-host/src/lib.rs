@@ -11,6 +11,11 @@
 //! bound to the model bound with [`ModelBinding`]. An import without a
 //! stand-in refuses the load, naming the DLL and the function.
 //!
+//! An image built with Control Flow Guard gets the host's check and dispatch
+//! routines in its load configuration ([`cfg`](mod@cfg)): an indirect call to a target
+//! that is not in the target image's guard function table stops the run, as
+//! kernel CFG stops Windows.
+//!
 //! A fault in image code (or on a kernel stack's guard page) is reported
 //! with the image, the offset, and the `llvm-symbolizer` command that names
 //! the source line; the process then exits with [`FAULT_EXIT_CODE`].
@@ -22,6 +27,8 @@
 
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 mod bind;
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+pub mod cfg;
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 pub mod dispatch;
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]

@@ -177,6 +177,7 @@ pub struct MappedImage {
     exports: Vec<(String, u32)>,
     sections: Vec<SectionInfo>,
     iat: (u32, u32),
+    guard: crate::cfg::Guard,
 }
 
 impl MappedImage {
@@ -324,6 +325,24 @@ impl MappedImage {
             }
         }
 
+        // Control Flow Guard: the host's routines into the image's slots,
+        // while the mapping is still writable (cfg.rs).
+        let guard = {
+            // SAFETY: the whole mapping, read-write until the protections
+            // below; nothing else refers to it now.
+            let image = unsafe { std::slice::from_raw_parts_mut(base, pages.len()) };
+            let load_config = dirs
+                .get(pe::IMAGE_DIRECTORY_ENTRY_LOAD_CONFIG)
+                .map(|d| (d.virtual_address.get(LE), d.size.get(LE)));
+            crate::cfg::install(
+                image,
+                preferred_base,
+                opt.dll_characteristics(),
+                load_config,
+                &infos,
+            )?
+        };
+
         let exports = read_exports(&pages, &file)?;
         let iat = dirs
             .get(pe::IMAGE_DIRECTORY_ENTRY_IAT)
@@ -353,6 +372,7 @@ impl MappedImage {
             exports,
             sections: infos,
             iat,
+            guard,
         })
     }
 
@@ -384,6 +404,11 @@ impl MappedImage {
     /// The sections as mapped.
     pub fn sections(&self) -> &[SectionInfo] {
         &self.sections
+    }
+
+    /// What Control Flow Guard says of the image (its guard function table).
+    pub fn guard(&self) -> crate::cfg::Guard {
+        self.guard
     }
 
     /// The IAT's `(rva, size)`.

@@ -5,26 +5,11 @@
 
 #![cfg(all(target_os = "linux", target_arch = "x86_64"))]
 
-use std::path::PathBuf;
-
 use nmr_image_host::stress::{self, ImageStressConfig};
 use nmr_image_host::systematic;
 
-fn images() -> Option<PathBuf> {
-    let dir = std::env::var_os("NMR_IMAGES_DIR").map_or_else(
-        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/sys"),
-        PathBuf::from,
-    );
-    if stress::images_present(&dir) {
-        Some(dir)
-    } else {
-        println!(
-            "*** SKIPPED: {} has no nmr_client.sys / nmr_provider.sys: run `bash scripts/build-sys.sh` first ***",
-            dir.display()
-        );
-        None
-    }
-}
+mod common;
+use common::images;
 
 #[test]
 fn the_images_pass_a_short_stress_in_every_order_and_delivery() {

@@ -20,14 +20,26 @@
 //! test `tests/twins.rs` compares them. Whatever is not surface-specific
 //! lives in `shell.rs` and [`pool`].
 //!
+//! Both surfaces also get the load configuration and the CFG function-pointer
+//! slots that a Control Flow Guard image needs (`cfg_support.rs`, laid out
+//! by [`load_config`]).
+//!
 //! Without a surface feature, on other targets, and in test builds (a test
 //! harness links std, whose panic handler and allocator would clash with the
-//! kernel's: E0152), only the portable parts are compiled: [`pool`] and the
-//! constants below.
+//! kernel's: E0152), only the portable parts are compiled: [`pool`],
+//! [`load_config`] and the constants below.
 
 #![no_std]
 
+pub mod load_config;
 pub mod pool;
+
+#[cfg(all(
+    target_os = "windows",
+    not(test),
+    any(feature = "wdk", feature = "raw-kernel")
+))]
+mod cfg_support;
 
 #[cfg(all(
     target_os = "windows",

@@ -76,6 +76,51 @@ NTOSKRNL_FIRST_BUILD = {
 NTOSKRNL = "ntoskrnl.exe"
 NETIO = "NETIO.SYS"
 
+# The functions each image hands to the kernel and the NMR, to be called
+# through a pointer from outside the image: the NPI dispatch tables and the
+# NMR characteristics (attach, detach, cleanup), DriverUnload and the worker
+# thread's start routine. Kernel CFG stops a call to any of them that is not in
+# the image's guard function table, so every one must be there. Names are the
+# Rust paths (generic functions have one instance: the hash is ignored), found
+# in the image's .map; each with the line that hands it out. A handed-out
+# function added to the source is added here on purpose, or goes unchecked;
+# one renamed or removed fails the check ("not in the map").
+HANDED_OUT = {
+    "nmr_client": {
+        # client-driver/module/src/client.rs, NPI_CLIENT_CHARACTERISTICS
+        "nmr_client_module::client::attach_provider": "ClientAttachProvider",
+        "nmr_common::binding::detach_callback": "ClientDetachProvider",
+        "nmr_client_module::client::cleanup_binding": "ClientCleanupBindingContext",
+        # client-driver/module/src/client.rs, ClientDispatch
+        "nmr_client_module::client::notify": "client dispatch: notify",
+        # shell/src/shell.rs
+        "nmr_client::driver::driver_unload": "DriverUnload",
+        "nmr_shell::shell::worker": "PsCreateSystemThread start routine",
+    },
+    "nmr_provider": {
+        # provider-driver/module/src/provider.rs, NPI_PROVIDER_CHARACTERISTICS
+        "nmr_provider_module::provider::attach_client": "ProviderAttachClient",
+        "nmr_common::binding::detach_callback": "ProviderDetachClient",
+        "nmr_provider_module::provider::cleanup_binding": "ProviderCleanupBindingContext",
+        # provider-driver/module/src/provider.rs, ProviderDispatch
+        "nmr_provider_module::provider::get_info": "provider dispatch: get_info",
+        "nmr_provider_module::provider::checksum": "provider dispatch: checksum",
+        # shell/src/shell.rs
+        "nmr_provider::driver::driver_unload": "DriverUnload",
+        "nmr_shell::shell::worker": "PsCreateSystemThread start routine",
+    },
+}
+
+# winnt.h: IMAGE_GUARD_* (GuardFlags of the load configuration).
+IMAGE_GUARD_CF_INSTRUMENTED = 0x100
+IMAGE_GUARD_CF_FUNCTION_TABLE_PRESENT = 0x400
+# The load configuration must reach GuardFlags (offset 144, 4 bytes) for the
+# kernel to read the CFG fields (shell/src/load_config.rs pins the layout).
+LOAD_CONFIG_MIN_SIZE = 148
+# winnt.h: IMAGE_DEBUG_TYPE_EX_DLLCHARACTERISTICS, IMAGE_DLLCHARACTERISTICS_EX_CET_COMPAT.
+DEBUG_TYPE_EX_DLLCHARACTERISTICS = 20
+EX_CET_COMPAT = 0x1
+
 # ------------------------------------------------------------ llvm-readobj
 
 
@@ -116,6 +161,7 @@ def readobj(readobj_bin: str, path: str) -> Node:
             "--coff-exports",
             "--coff-imports",
             "--coff-debug-directory",
+            "--coff-load-config",
             path,
         ],
         check=True,
@@ -198,7 +244,7 @@ def check_file(path: str, readobj_bin: str) -> bool:
     r.check(subsystem.startswith("IMAGE_SUBSYSTEM_NATIVE "), "subsystem NATIVE", subsystem)
     chars = oh.child("Characteristics")
     dllchars = chars.flags() if chars else set()
-    for flag in ("FORCE_INTEGRITY", "NX_COMPAT", "DYNAMIC_BASE"):
+    for flag in ("FORCE_INTEGRITY", "NX_COMPAT", "DYNAMIC_BASE", "GUARD_CF"):
         full = f"IMAGE_DLL_CHARACTERISTICS_{flag}"
         r.check(full in dllchars, f"{flag} set", "yes" if full in dllchars else f"no ({fmt(dllchars)})")
 
@@ -262,6 +308,9 @@ def check_file(path: str, readobj_bin: str) -> bool:
             "llvm-readobj and pefile agree on the imports",
             f"{sum(map(len, ro_imports.values()))} functions from {fmt(ro_imports)}",
         )
+
+        check_cfg_cet(r, tree, pe, path, stem)
+        check_instrumented(r, pe, path)
     finally:
         pe.close()
 
@@ -312,6 +361,247 @@ def check_file(path: str, readobj_bin: str) -> bool:
     else:
         print(f"{base}: OK (all {total} checks passed)")
     return r.failed == 0
+
+
+def walk(node: Node):
+    yield node
+    for c in node.children:
+        yield from walk(c)
+
+
+def num(value: str | None) -> int | None:
+    """A number of llvm-readobj's output (`0x1F`, `26`, `0x0 (...)`), or None."""
+    if not value:
+        return None
+    try:
+        return int(value.split()[0], 0)
+    except ValueError:
+        return None
+
+
+LEGACY = re.compile(r"^_ZN(?P<body>.*)17h[0-9a-f]{16}E$")
+
+
+def rust_path(symbol: str) -> str | None:
+    """The path of a legacy-mangled Rust symbol without its hash
+    (`_ZN10nmr_client6driver13driver_unload17h...E` ->
+    `nmr_client::driver::driver_unload`), or None."""
+    m = LEGACY.match(symbol)
+    if not m:
+        return None
+    body, parts = m["body"], []
+    while body:
+        n = re.match(r"^(\d+)", body)
+        if not n:
+            return None
+        length = int(n[1])
+        start = len(n[1])
+        parts.append(body[start:start + length])
+        body = body[start + length:]
+    return "::".join(parts)
+
+
+def map_functions(map_path: str) -> dict[str, set[int]]:
+    """Rust path (or plain symbol) -> the VAs of the code symbols of that name
+    in lld's .map (section 0001, .text)."""
+    out: dict[str, set[int]] = {}
+    with open(map_path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) < 3 or not parts[0].startswith("0001:"):
+                continue
+            name = rust_path(parts[1]) or parts[1]
+            try:
+                out.setdefault(name, set()).add(int(parts[2], 16))
+            except ValueError:
+                continue
+    return out
+
+
+def check_cfg_cet(r: "Report", tree: Node, pe, path: str, stem: str) -> None:
+    """Control Flow Guard and CET: the load configuration with the CFG fields
+    set, the guard function table covering every function the image hands
+    out, and the CET-compatible flag. llvm-readobj for the checks, pefile
+    for a second reading of the guard flags and the CET entry."""
+    pe.parse_data_directories(
+        directories=[
+            pefile.DIRECTORY_ENTRY["IMAGE_DIRECTORY_ENTRY_LOAD_CONFIG"],
+            pefile.DIRECTORY_ENTRY["IMAGE_DIRECTORY_ENTRY_DEBUG"],
+        ]
+    )
+    image_base = pe.OPTIONAL_HEADER.ImageBase
+    image_end = image_base + pe.OPTIONAL_HEADER.SizeOfImage
+    lc = tree.child("LoadConfig")
+    if lc is None:
+        r.check(False, "load configuration (_load_config_used)", "none: the image has no load configuration directory")
+        fids: set[int] = set()
+    else:
+        size = num(lc.get("Size")) or 0
+        check, dispatch = num(lc.get("GuardCFCheckFunction")), num(lc.get("GuardCFCheckDispatch"))
+        flags = num(lc.get("GuardFlags")) or 0
+        count = num(lc.get("GuardCFFunctionCount")) or 0
+        inside = lambda va: va is not None and image_base <= va < image_end  # noqa: E731
+        r.check(
+            size >= LOAD_CONFIG_MIN_SIZE and inside(check) and inside(dispatch),
+            "load configuration with CFG check and dispatch pointers",
+            f"Size {size:#x} (>= {LOAD_CONFIG_MIN_SIZE:#x}), GuardCFCheckFunctionPointer {check or 0:#x}, "
+            f"GuardCFDispatchFunctionPointer {dispatch or 0:#x} (inside the image "
+            f"{image_base:#x}..{image_end:#x})",
+        )
+        want = IMAGE_GUARD_CF_INSTRUMENTED | IMAGE_GUARD_CF_FUNCTION_TABLE_PRESENT
+        r.check(
+            flags & want == want and count > 0,
+            "guard flags CF_INSTRUMENTED | CF_FUNCTION_TABLE_PRESENT, a guard function table",
+            f"GuardFlags {flags:#x}, GuardCFFunctionCount {count}",
+        )
+        table = lc.child("GuardFidTable") or next(
+            (n for n in tree.children if n.name == "GuardFidTable"), None
+        )
+        fids = {int(v, 16) for v, _ in table.fields} if table else set()
+        pe_lc = getattr(pe, "DIRECTORY_ENTRY_LOAD_CONFIG", None)
+        pe_flags = pe_lc.struct.GuardFlags if pe_lc else None
+        pe_count = pe_lc.struct.GuardCFFunctionCount if pe_lc else None
+        r.check(
+            pe_flags == flags and pe_count == count == len(fids),
+            "llvm-readobj and pefile agree on the guard table",
+            f"GuardFlags {flags:#x} / {pe_flags if pe_flags is None else hex(pe_flags)}, "
+            f"count {count} / {pe_count}, {len(fids)} entries listed",
+        )
+    top = next((n for n in tree.children if n.name == "GuardFidTable"), None)
+    if top is not None and not fids:
+        fids = {int(v, 16) for v, _ in top.fields}
+
+    # Every function handed out is a valid call target.
+    map_path = os.path.splitext(path)[0] + ".map"
+    if not os.path.isfile(map_path):
+        r.check(False, "guard table covers the functions handed out", f"{map_path}: no such file")
+    else:
+        functions = map_functions(map_path)
+        missing, uncovered, covered = [], [], []
+        for name, role in sorted(HANDED_OUT[stem].items()):
+            vas = functions.get(name)
+            if not vas:
+                missing.append(f"{name} ({role})")
+            elif not vas <= fids:
+                uncovered.append(f"{name} ({role}) at {fmt(hex(v) for v in vas - fids)}")
+            else:
+                covered.append(role)
+        code = sum(len(v) for v in functions.values())
+        detail = f"{len(covered)} of {len(HANDED_OUT[stem])} in the table ({len(fids)} guard entries, {code} code symbols in the map)"
+        if missing or uncovered:
+            detail = f"NOT IN THE GUARD TABLE: {fmt(uncovered)}; NOT IN THE MAP: {fmt(missing)}"
+        r.check(not missing and not uncovered, "guard table covers every function the image hands out", detail)
+
+    # CET: the extended DLL characteristics debug entry (/CETCOMPAT).
+    cet_ro = any(
+        n.name == "ExtendedCharacteristics" and "IMAGE_DLL_CHARACTERISTICS_EX_CET_COMPAT" in n.flags()
+        for n in walk(tree)
+    )
+    cet_pe = any(
+        d.struct.Type == DEBUG_TYPE_EX_DLLCHARACTERISTICS
+        and getattr(getattr(d, "entry", None), "ExDllCharacteristics", 0) & EX_CET_COMPAT
+        for d in getattr(pe, "DIRECTORY_ENTRY_DEBUG", [])
+    )
+    r.check(
+        cet_ro and cet_pe,
+        "CET compatible (IMAGE_DLLCHARACTERISTICS_EX_CET_COMPAT)",
+        f"llvm-readobj: {'yes' if cet_ro else 'no'}, pefile: {'yes' if cet_pe else 'no'}",
+    )
+
+
+INSN = re.compile(r"^\s*(?P<addr>[0-9a-f]+):\s+(?P<op>\S+)\s*(?P<args>.*)$")
+RIP_TARGET = re.compile(r"# (0x[0-9a-f]+)")
+REGISTER = re.compile(r"^r[a-z0-9]+$")
+
+
+def check_instrumented(r: "Report", pe, path: str) -> None:
+    """Every indirect call or jump through a function pointer goes through the
+    CFG dispatch pointer: what -C control-flow-guard does, which the linker's
+    /guard:cf alone does not (it marks the image GUARD_CF and lists every
+    relocated function of an uninstrumented object, and the checks above then
+    pass). From llvm-objdump's disassembly of the image: an indirect `call` or
+    `jmp` is fine when it reads the dispatch slot (`__guard_dispatch_icall_fptr`,
+    whose VA the load configuration gives) or an import address table slot
+    (read-only, as MSVC leaves them), or when its register was last written
+    from one of those, or by a switch's jump table (`movsxd reg, [table +
+    4*index]; add reg, table`: read-only, bounds-checked, which MSVC does not
+    guard either); and the no-op dispatch routine's own `jmp rax`. Any other
+    is an unchecked indirect branch."""
+    lc = getattr(pe, "DIRECTORY_ENTRY_LOAD_CONFIG", None)
+    dispatch = lc.struct.GuardCFDispatchFunctionPointer if lc else 0
+    iat_dir = pe.OPTIONAL_HEADER.DATA_DIRECTORY[pefile.DIRECTORY_ENTRY["IMAGE_DIRECTORY_ENTRY_IAT"]]
+    iat = range(
+        pe.OPTIONAL_HEADER.ImageBase + iat_dir.VirtualAddress,
+        pe.OPTIONAL_HEADER.ImageBase + iat_dir.VirtualAddress + iat_dir.Size,
+    )
+    nop_dispatch = None
+    if dispatch:
+        try:
+            nop_dispatch = pe.get_qword_at_rva(dispatch - pe.OPTIONAL_HEADER.ImageBase)
+        except pefile.PEFormatError:
+            nop_dispatch = None
+    objdump = os.environ.get("LLVM_OBJDUMP", "llvm-objdump")
+    try:
+        out = subprocess.run(
+            [objdump, "-d", "--no-show-raw-insn", "-M", "intel", path],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+    except (OSError, subprocess.CalledProcessError) as e:
+        r.check(False, "every indirect call goes through the CFG dispatch", f"{objdump}: {e}")
+        return
+    insns = [(int(m["addr"], 16), m["op"], m["args"]) for line in out.splitlines() if (m := INSN.match(line))]
+
+    def source(va: int | None) -> str | None:
+        if va is None:
+            return None
+        if dispatch and va == dispatch:
+            return "dispatch"
+        if va in iat:
+            return "import"
+        return None
+
+    counts = {"dispatch": 0, "import": 0, "jump table": 0, "no-op dispatch": 0}
+    unchecked = []
+    for i, (addr, op, args) in enumerate(insns):
+        if op not in ("call", "jmp") or args.startswith("0x"):
+            continue
+        kind = None
+        if args.startswith("qword ptr [rip"):
+            m = RIP_TARGET.search(args)
+            kind = source(int(m[1], 16) if m else None)
+        elif REGISTER.match(args):
+            if addr == nop_dispatch:
+                kind = "no-op dispatch"
+            else:
+                # The last instruction before this one that wrote the register.
+                for j in range(i - 1, max(-1, i - 64), -1):
+                    _, op2, args2 = insns[j]
+                    if not args2.startswith(args + ","):
+                        continue
+                    if op2 == "mov":
+                        m = RIP_TARGET.search(args2)
+                        kind = source(int(m[1], 16) if m else None) if "[rip" in args2 else None
+                    elif op2 == "add" and j > 0 and insns[j - 1][1] == "movsxd" and insns[j - 1][2].startswith(args + ", dword ptr ["):
+                        kind = "jump table"
+                    break
+        if kind is None:
+            unchecked.append(f"{addr:#x}: {op} {args.split('#')[0].strip()}")
+        else:
+            counts[kind] += 1
+    detail = (
+        f"{counts['dispatch']} through __guard_dispatch_icall_fptr, {counts['import']} through the "
+        f"import address table, {counts['jump table']} switch jump tables, {counts['no-op dispatch']} no-op dispatch"
+    )
+    if unchecked:
+        shown = ", ".join(unchecked[:8]) + (f" and {len(unchecked) - 8} more" if len(unchecked) > 8 else "")
+        detail = f"{len(unchecked)} UNCHECKED indirect calls/jumps: {shown} (besides {detail})"
+    r.check(
+        not unchecked and counts["dispatch"] > 0,
+        "every indirect call goes through the CFG dispatch (compiled with -C control-flow-guard)",
+        detail,
+    )
 
 
 SECTION = re.compile(r"^\s*\[(?P<name>[^\]]+)\]")

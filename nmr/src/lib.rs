@@ -169,7 +169,8 @@ pub trait ClientModule: Send + Sync + Sized + 'static {
     type Nmr: Nmr;
     /// The NPI it is a client of.
     type Npi: Npi;
-    /// What it keeps per binding; dropped at the binding's cleanup.
+    /// What it keeps per binding; dropped at the binding's cleanup, which
+    /// the NMR may run at DISPATCH_LEVEL: its `Drop` must not block.
     type Binding: Send + Sync + 'static;
     /// Its dispatch table, as providers see it: built by the NPI crate from
     /// the module's handlers (for example `nmr_checksum_npi::client_table`).
@@ -185,7 +186,8 @@ pub trait ProviderModule: Send + Sync + Sized + 'static {
     type Nmr: Nmr;
     /// The NPI it provides.
     type Npi: Npi;
-    /// What it keeps per binding; dropped at the binding's cleanup.
+    /// What it keeps per binding; dropped at the binding's cleanup, which
+    /// the NMR may run at DISPATCH_LEVEL: its `Drop` must not block.
     type Binding: Send + Sync + 'static;
     /// Its dispatch table, as clients see it: built by the NPI crate.
     fn dispatch() -> <Self::Npi as Npi>::ProviderTable;

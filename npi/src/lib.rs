@@ -14,6 +14,65 @@
 //!
 //! Each function of the NPI is written once here; modules implement the
 //! traits and contain no `unsafe`.
+//!
+//! # Example
+//!
+//! A provider and a client on the model NMR, one call each way:
+//!
+//! ```
+//! use nmr::{AsClient, AsProvider, Callee, Decline, Identity, Offer};
+//! use nmr_checksum_npi::*;
+//! use nmr_common::ffi::{GUID, NTSTATUS};
+//! use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+//!
+//! #[derive(Default)]
+//! struct Prov;
+//! impl nmr::ProviderModule for Prov {
+//!     type Nmr = nmr_sim::Sim;
+//!     type Npi = ChecksumNpi;
+//!     type Binding = ();
+//!     fn dispatch() -> ProviderDispatch { provider_table::<Self>() }
+//!     fn attach(&self, _: &Offer) -> Result<(), Decline> { Ok(()) }
+//! }
+//! impl Serve for Prov {
+//!     fn features(_: &Callee<'_, AsProvider<Self>>) -> u32 { FEATURE_CHECKSUM }
+//!     fn checksum(_: &Callee<'_, AsProvider<Self>>, data: &[u8]) -> Result<u16, NTSTATUS> {
+//!         Ok(internet_checksum(data))
+//!     }
+//! }
+//!
+//! #[derive(Default)]
+//! struct Cli(AtomicU64);
+//! impl nmr::ClientModule for Cli {
+//!     type Nmr = nmr_sim::Sim;
+//!     type Npi = ChecksumNpi;
+//!     type Binding = ();
+//!     fn dispatch() -> ClientDispatch { client_table::<Self>() }
+//!     fn attach(&self, _: &Offer) -> Result<(), Decline> { Ok(()) }
+//! }
+//! impl Notify for Cli {
+//!     fn notify(callee: &Callee<'_, AsClient<Self>>, _: u32, _: u64) {
+//!         callee.module().0.fetch_add(1, Relaxed);
+//!     }
+//! }
+//!
+//! let sim = nmr_sim::Sim::new(nmr_sim::Config::default());
+//! let p = nmr::Provider::register(sim.clone(), Identity::new("p", GUID::from_u128(1)), Prov)
+//!     .unwrap();
+//! let c = nmr::Client::register(sim, Identity::new("c", GUID::from_u128(2)), Cli::default())
+//!     .unwrap();
+//! let mut sums = Vec::new();
+//! c.for_each_peer(|provider| sums.push(provider.checksum(b"abc")));
+//! assert_eq!(sums, [Ok(internet_checksum(b"abc"))]);
+//! p.for_each_peer(|client| client.notify(EVENT_CALL_COUNT, 1));
+//! assert_eq!(c.0.load(Relaxed), 1);
+//! let info = {
+//!     let mut info = None;
+//!     c.for_each_peer(|provider| info = Some(provider.get_info()));
+//!     info.unwrap().unwrap()
+//! };
+//! assert_eq!(info.features, FEATURE_CHECKSUM);
+//! ```
 
 #![no_std]
 #![deny(missing_docs)]

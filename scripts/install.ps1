@@ -12,7 +12,7 @@
     runs from the driver store (DIRID 13). -PackageRoot holds either layout:
       - built on Windows by `cargo make`: nmr_client_package\ and
         nmr_provider_package\ (.sys .inf .cat .pdb WDRLocalTestCert.cer each);
-      - built on Linux by scripts/build-sys.sh --sign: target/sys/ copied as is
+      - built by cargo xtask package (Linux or Windows): target/sys/ copied as is
         (nmr_client.{sys,inf,cat,pdb}, nmr_provider.{sys,inf,cat,pdb} and one
         nmr_test.cer).
     pnputil checks each package against its signed catalog (.cat) before it
@@ -50,7 +50,7 @@
 .PARAMETER TrustTestCertificate
     Mode A: import the package's test certificate into LocalMachine\Root and
     LocalMachine\TrustedPublisher: WDRLocalTestCert.cer (which wdk-build
-    generates and signs with) or nmr_test.cer (which scripts/sign-sys.sh makes
+    generates and signs with) or nmr_test.cer (which cargo xtask sign makes
     and signs with). Only on a disposable test machine.
 
 .PARAMETER LinuxImage
@@ -144,7 +144,7 @@ function Get-ServiceStateLine {
 }
 
 # Where each driver's INF and test certificate are: the layout cargo make writes
-# (one <name>_package directory per driver), or the one scripts/build-sys.sh
+# (one <name>_package directory per driver), or the one cargo xtask package
 # writes (one flat directory for both drivers).
 function Resolve-Packages {
     param([Parameter(Mandatory = $true)] [string] $Root)
@@ -158,18 +158,18 @@ function Resolve-Packages {
             })
     }
     if (Test-Path -LiteralPath $linux -PathType Leaf) {
-        Write-Host "Packages built on Linux (scripts/build-sys.sh) in $Root"
-        # sign-sys.sh exports nmr_test.cer when it signs; without it the images
+        Write-Host "Packages built by cargo xtask package in $Root"
+        # cargo xtask sign exports nmr_test.cer when it signs; without it the images
         # and catalogs are unsigned and pnputil would refuse them.
         if (-not (Test-Path -LiteralPath (Join-Path $Root 'nmr_test.cer') -PathType Leaf)) {
-            throw "No nmr_test.cer in ${Root}: this Linux build was not test-signed. Build it with scripts/build-sys.sh --sign."
+            throw "No nmr_test.cer in ${Root}: this Linux build was not test-signed. Build it with cargo xtask package."
         }
         return @($Drivers | ForEach-Object {
                 [pscustomobject]@{ Name = $_; Inf = (Join-Path $Root "$_.inf"); Cer = (Join-Path $Root 'nmr_test.cer') }
             })
     }
     throw ("No $wdk (cargo make; cargo make default --release for -CargoProfile release) and no $linux " +
-        '(target/sys/ of scripts/build-sys.sh --sign). Build the packages first or pass -PackageRoot.')
+        '(target/sys/ of cargo xtask package). Build the packages first or pass -PackageRoot.')
 }
 
 function Install-FromPackages {
@@ -214,7 +214,7 @@ function Install-FromLinuxImage {
     foreach ($name in $Drivers) {
         $source = Join-Path $LinuxImage "$name.sys"
         if (-not (Test-Path -LiteralPath $source -PathType Leaf)) {
-            throw "No $source. Copy target/sys/ of the Linux build (scripts/build-sys.sh) here and pass it as -LinuxImage (or, with its catalogs, as -PackageRoot)."
+            throw "No $source. Copy target/sys/ of the Linux build (cargo xtask package) here and pass it as -LinuxImage (or, with its catalogs, as -PackageRoot)."
         }
         $existing = Get-ServiceStateLine -Name $name
         if ($null -ne $existing) {

@@ -153,7 +153,7 @@ function Remove-LinuxImage {
 
 function Remove-TestCertificate {
     foreach ($store in @('Cert:\LocalMachine\Root', 'Cert:\LocalMachine\TrustedPublisher')) {
-        # WDRLocalTestCert: wdk-build's; the other: scripts/sign-sys.sh's nmr_test.cer.
+        # WDRLocalTestCert: wdk-build's; the other: cargo xtask sign's nmr_test.cer.
         $certificates = @(Get-ChildItem -LiteralPath $store | Where-Object {
                 $_.Subject -eq 'CN=WDRLocalTestCert' -or $_.Subject -like 'CN=nmr Rust driver TEST SIGNING ONLY (throwaway)*'
             })

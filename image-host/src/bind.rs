@@ -1,5 +1,5 @@
 //! The stand-in table: every import the images may have, by DLL and name.
-//! It is the import allow-list, kept equal to `scripts/check-sys.sh`'s
+//! It is the import allow-list, kept equal to `cargo xtask check`'s
 //! (a test compares them): an import not listed refuses the load.
 //!
 //! Stand-ins that must know the calling image get it from a per-image thunk

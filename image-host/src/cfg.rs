@@ -35,7 +35,7 @@
 //!
 //! Not checked here, unlike on Windows: the calls the host itself makes into
 //! an image (the model calling the NMR callbacks, a thread's start routine,
-//! `DriverEntry`, `DriverUnload`). `scripts/check-sys.sh` checks statically
+//! `DriverEntry`, `DriverUnload`). `cargo xtask check` checks statically
 //! that every one of those functions is in its image's guard table.
 
 use std::fmt::Write as _;

@@ -314,7 +314,7 @@ fn unload(mut d: Driver, report: &mut ImageReport) {
 pub fn run(config: &ImageStressConfig, progress: &dyn Fn(u64)) -> Result<ImageReport, String> {
     if !images_present(&config.images) {
         return Err(format!(
-            "no driver images in {}: build them with `bash scripts/build-sys.sh`",
+            "no driver images in {}: build them with `cargo xtask package`",
             config.images.display()
         ));
     }

@@ -275,7 +275,7 @@ fn a_file_that_is_not_pe_is_refused() {
     assert!(matches!(err, LoadError::Malformed(_)), "{err}");
 }
 
-/// The stand-ins are the import allow-list of scripts/check-sys.sh: the same
+/// The stand-ins are the import allow-list of `cargo xtask check`: the same
 /// names, both ways.
 #[test]
 fn stand_ins_equal_the_check_sys_allow_list() {

@@ -2,7 +2,7 @@
 //! host: every indirect call of the images is checked, a dispatch-table entry
 //! pointing into the middle of a function is stopped, and an image that says
 //! it has CFG without a usable load configuration is refused. The images are
-//! built by `bash scripts/build-sys.sh` into target/sys; without them these
+//! built by `cargo xtask package` into target/sys; without them these
 //! tests print that they were skipped and why.
 
 #![cfg(all(target_os = "linux", target_arch = "x86_64"))]

@@ -1,5 +1,5 @@
 //! The shipped images, run by the image host. They are built by
-//! `bash scripts/build-sys.sh` into target/sys; without them these tests
+//! `cargo xtask package` into target/sys; without them these tests
 //! print that they were skipped and why (CI builds the images first and runs
 //! the full stress and fault pass through `testbed`).
 

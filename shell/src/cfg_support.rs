@@ -21,7 +21,7 @@
 //!
 //! With `/guard:cf` the linker fills the guard function table and sets
 //! `__guard_flags`; without it every `__guard_*` symbol is 0 (the image then
-//! has a load configuration and no CFG: `scripts/check-sys.sh` fails it).
+//! has a load configuration and no CFG: `cargo xtask check` fails it).
 
 use core::mem::offset_of;
 

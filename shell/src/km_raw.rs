@@ -67,7 +67,8 @@ pub struct DriverObject {
 
 /// The bug check a panic raises: wdk-panic 0.5's, so that a panic reads the
 /// same in `!analyze -v` from either image: `"RPNC"`, then the panic's file
-/// name (address, length), line and column.
+/// name (address, length), line and column. (A debug build breaks into the
+/// debugger first, as wdk-panic's does: see the panic handler below.)
 const RUST_PANIC_BUGCHECK_CODE: u32 = u32::from_be_bytes(*b"RPNC");
 
 /// `DbgPrintEx(component, level, "%s", line)`.
@@ -191,10 +192,27 @@ pub unsafe fn free_pool(block: *mut u8, tag: u32) {
     unsafe { ExFreePoolWithTag(block.cast(), tag) };
 }
 
-/// A panic in the kernel is a bug: stop the machine the way wdk-panic does,
-/// so that `!analyze -v` shows where.
+/// A panic in the kernel is a bug: stop the machine the way wdk-panic 0.5
+/// does, so that both images behave alike in each profile.
+///
+/// - Release build (`cargo xtask package`, `cargo make default --release`):
+///   bug check `0x52504E43` ("RPNC"), parameters: the panic's file name
+///   (address, length), line, column; `!analyze -v` shows where.
+/// - Debug build (debug assertions on: `cargo make`'s default profile):
+///   first `int 3`, as wdk-panic's `dbg_break()`. With a kernel debugger
+///   attached it breaks in at the panic, and `g` goes on to the RPNC bug
+///   check. With none, the breakpoint exception is unhandled in kernel mode
+///   and the machine stops with bug check 0x1E (KMODE_EXCEPTION_NOT_HANDLED,
+///   parameter 1 = 0x80000003, STATUS_BREAKPOINT; parameter 2 the address of
+///   the `int 3` in this handler), not RPNC: docs/windbg.md.
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    #[cfg(debug_assertions)]
+    // SAFETY: `int 3` only raises a breakpoint exception; it touches no
+    // memory or register the compiler relies on (as wdk::dbg_break()).
+    unsafe {
+        core::arch::asm!("int 3", options(nomem, nostack))
+    };
     let (file, file_len, line, column) = info.location().map_or((0, 0, 0, 0), |l| {
         (
             l.file().as_ptr().addr(),
@@ -209,7 +227,7 @@ fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
 
 // `_fltused` and `__CxxFrameHandler3` are defined in assembly, not as Rust
 // `#[no_mangle]` items: rustc exports every `#[no_mangle]` item of a cdylib,
-// and a driver image must export `DriverEntry` alone (scripts/check-sys.sh).
+// and a driver image must export `DriverEntry` alone (`cargo xtask check`).
 //
 // `_fltused`: the MSVC toolchain's marker that the image uses floating point;
 // objects that touch floats reference it, nothing reads it.

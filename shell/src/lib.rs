@@ -14,7 +14,7 @@
 //!   `raw-dylib` from `ntoskrnl.exe`, a panic handler that bug-checks the way
 //!   wdk-panic does, and the CRT symbols a driver image needs (`_fltused`,
 //!   `__CxxFrameHandler3`, `__chkstk`). It builds on any host: the Linux
-//!   cross-build in `scripts/build-sys.sh`.
+//!   cross-build in `cargo xtask package`.
 //!
 //! Both surfaces must offer the same items with the same signatures: the
 //! test `tests/twins.rs` compares them. Whatever is not surface-specific

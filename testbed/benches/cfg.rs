@@ -16,7 +16,7 @@
 //! Windows' own dispatch routine reads a bitmap instead; this measures the
 //! host's, not the kernel's.
 //!
-//! Run: `bash scripts/build-sys.sh && cargo bench -p testbed --bench cfg --
+//! Run: `cargo xtask package && cargo bench -p testbed --bench cfg --
 //! --warm-up-time 1 --measurement-time 3` (x86_64 Linux; says SKIPPED without
 //! the images).
 
@@ -85,7 +85,7 @@ fn bench(c: &mut Criterion) {
         Ok(d) => d,
         Err(e) => {
             println!(
-                "*** SKIPPED: {}: {e} (run `bash scripts/build-sys.sh` first) ***",
+                "*** SKIPPED: {}: {e} (run `cargo xtask package` first) ***",
                 path.display()
             );
             return;

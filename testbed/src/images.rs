@@ -30,7 +30,7 @@ pub struct ImageArgs {
 fn no_images(dir: &Path) -> ExitCode {
     println!(
         "images: no nmr_client.sys / nmr_provider.sys in {}: build them first with \
-         `bash scripts/build-sys.sh` (writes target/sys)",
+         `cargo xtask package` (writes target/sys)",
         dir.display()
     );
     ExitCode::FAILURE

@@ -107,7 +107,7 @@ struct StressArgs {
     #[arg(long)]
     phase_cycles: Option<u64>,
     /// Run the shipped images from this directory (nmr_client.sys,
-    /// nmr_provider.sys: `bash scripts/build-sys.sh` writes target/sys)
+    /// nmr_provider.sys: `cargo xtask package` writes target/sys)
     /// instead of the modules compiled for the host. x86_64 Linux only.
     #[arg(long)]
     images: Option<std::path::PathBuf>,

@@ -1,4 +1,4 @@
-"""Checks a Linux-built driver image (target/sys/X.sys): run by scripts/check-sys.sh.
+"""Checks a Linux-built driver image (target/sys/X.sys): the independent cross-check of `cargo xtask check`, run by `cargo xtask ci-sys`.
 
 Two independent PE readers, no hand parsing: `llvm-readobj` (its COFF dump:
 file and optional headers, sections, exports, imports, debug directory) for the
@@ -342,7 +342,7 @@ def check_file(path: str, readobj_bin: str) -> bool:
         detail = f"missing: {fmt(missing)}; not needed by {stem}: {fmt(unexpected)}"
     r.check(not missing and not unexpected, f"NMR imports are exactly {stem}'s", detail)
 
-    # The debug directory names the .pdb that build-sys.sh put beside the image.
+    # The debug directory names the .pdb that `cargo xtask package` put beside the image.
     pdbs = [
         p.get("PDBFileName") or "?"
         for d in tree.children
@@ -609,7 +609,7 @@ INSTALL = re.compile(r"^DefaultInstall\.NTamd64\.10\.0\.\.\.(?P<build>\d+)(\.Ser
 
 
 def check_inf(r: "Report", inf: str, kernel: set[str]) -> None:
-    """The stamped INF beside the image (build-sys.sh writes it): a primitive
+    """The stamped INF beside the image (`cargo xtask package` writes it): a primitive
     driver with no uninstall section (infverif /w), offered only to the Windows
     builds that export every kernel function the image imports."""
     name = os.path.basename(inf)

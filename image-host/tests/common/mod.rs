@@ -15,7 +15,7 @@ pub fn images() -> Option<PathBuf> {
         Some(dir)
     } else {
         println!(
-            "*** SKIPPED: {} has no nmr_client.sys / nmr_provider.sys: run `bash scripts/build-sys.sh` first ***",
+            "*** SKIPPED: {} has no nmr_client.sys / nmr_provider.sys: run `cargo xtask package` first ***",
             dir.display()
         );
         None

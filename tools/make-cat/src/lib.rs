@@ -5,7 +5,7 @@
 //! Given the package's INF, it lists the INF and every file the INF names in
 //! `[SourceDisksFiles]` (each expected next to the INF): PE images by their
 //! Authenticode SHA-256, other files by the SHA-256 of their bytes. It writes the
-//! catalog unsigned; `scripts/sign-sys.sh` signs it.
+//! catalog unsigned; `cargo xtask sign` signs it.
 
 pub mod catalog;
 pub mod inf;

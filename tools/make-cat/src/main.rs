@@ -1,9 +1,9 @@
 //! `make-cat`: the driver catalog of a package, made on any host.
 //!
-//! ```text
+//! ``text
 //! make-cat <package.inf>...     write each INF's CatalogFile next to it (unsigned)
 //! make-cat --list <file.cat>    print a catalog's members and attributes
-//! ```
+//! ``
 //!
 //! The catalog's date is `SOURCE_DATE_EPOCH` when set and not empty
 //! (reproducible builds), else now.
@@ -20,7 +20,7 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 fn this_update() -> Result<u64, String> {
-    // Empty counts as unset, as in scripts/build-sys.sh.
+    // Empty counts as unset, as in `cargo xtask package`.
     match std::env::var("SOURCE_DATE_EPOCH")
         .ok()
         .filter(|v| !v.trim().is_empty())

@@ -49,7 +49,6 @@
 //! # use nmr_common::module::ModuleCore;
 //! fn lie<N: nmr_common::nmr::Nmr>(core: &ModuleCore<N>) {
 //!     core.register(|_handle| nmr_common::ffi::STATUS_SUCCESS);
-//!     core.unload_client();
 //! }
 //! ```
 //!

@@ -202,10 +202,14 @@ impl<N: Nmr> ModuleCore<N> {
             })
     }
 
-    /// Deregisters and waits, with the side's own functions: see
-    /// [`Registration::unload`].
-    pub fn unload(&self) -> NTSTATUS {
-        self.registration.unload(&self.nmr, self.name)
+    /// Deregisters a client and waits: see [`Registration::unload_client`].
+    pub fn unload_client(&self) -> NTSTATUS {
+        self.registration.unload_client(&self.nmr, self.name)
+    }
+
+    /// Deregisters a provider and waits: see [`Registration::unload_client`].
+    pub fn unload_provider(&self) -> NTSTATUS {
+        self.registration.unload_provider(&self.nmr, self.name)
     }
 }
 
@@ -295,31 +299,61 @@ impl Registration {
         self.state.load(Ordering::Acquire) == REGISTERED
     }
 
-    /// Deregisters and waits, once (< DISPATCH), with the functions of the
-    /// side that registered: PENDING -> wait; SUCCESS -> already complete, no
-    /// wait; failure -> traced, no wait (waiting on a failed deregistration
-    /// could hang forever). Returns the final status; later calls do nothing
-    /// and return it again (`STATUS_SUCCESS` for a module that never
-    /// registered).
+    /// Deregisters a client and waits, once (< DISPATCH): PENDING -> wait;
+    /// SUCCESS -> already complete, no wait; failure -> traced, no wait
+    /// (waiting on a failed deregistration could hang forever). Returns the
+    /// final status; later calls do nothing and return it again
+    /// (`STATUS_SUCCESS` for a module that never registered).
+    ///
+    /// A registration made as a provider is refused with
+    /// `STATUS_INVALID_PARAMETER` and left registered: a provider handle never
+    /// reaches `NmrDeregisterClient`. Each side names only its own functions,
+    /// so a driver image imports only its own side's.
     ///
     /// One thread loads and unloads a module: not to be called concurrently
     /// with registering.
-    pub fn unload<N: Nmr>(&self, nmr: &N, module: &'static str) -> NTSTATUS {
-        if self.side.load(Ordering::Acquire) == Side::Provider as u8 {
-            self.unload_with(
-                nmr,
-                module,
-                N::deregister_provider,
-                N::wait_for_provider_deregister_complete,
-            )
-        } else {
-            self.unload_with(
-                nmr,
-                module,
-                N::deregister_client,
-                N::wait_for_client_deregister_complete,
-            )
+    pub fn unload_client<N: Nmr>(&self, nmr: &N, module: &'static str) -> NTSTATUS {
+        if !self.registered_as(Side::Client) {
+            return self.wrong_side(nmr, module);
         }
+        self.unload_with(
+            nmr,
+            module,
+            N::deregister_client,
+            N::wait_for_client_deregister_complete,
+        )
+    }
+
+    /// As [`Registration::unload_client`], for a provider.
+    pub fn unload_provider<N: Nmr>(&self, nmr: &N, module: &'static str) -> NTSTATUS {
+        if !self.registered_as(Side::Provider) {
+            return self.wrong_side(nmr, module);
+        }
+        self.unload_with(
+            nmr,
+            module,
+            N::deregister_provider,
+            N::wait_for_provider_deregister_complete,
+        )
+    }
+
+    /// Whether the registration, if any, was made by `side`.
+    fn registered_as(&self, side: Side) -> bool {
+        self.state.load(Ordering::Acquire) != REGISTERED
+            || self.side.load(Ordering::Acquire) == side as u8
+    }
+
+    /// The other side's unload was asked for: refused, traced.
+    fn wrong_side<N: Nmr>(&self, nmr: &N, module: &'static str) -> NTSTATUS {
+        let status = crate::ffi::STATUS_INVALID_PARAMETER;
+        nmr.trace(&Record {
+            module,
+            binding: None,
+            event: Event::Deregister,
+            status,
+            detail: Some(format_args!("refused: registered as the other side")),
+        });
+        status
     }
 
     /// The body of both: the side's two functions are passed in by its own
@@ -385,7 +419,7 @@ impl Default for Registration {
 
 /// A module that can be unloaded: deregistered, and waited for.
 pub trait Unload {
-    /// Deregisters and waits (see [`Registration::unload`]); idempotent.
+    /// Deregisters and waits (see [`Registration::unload_client`]); idempotent.
     fn unload(&self) -> NTSTATUS;
 }
 

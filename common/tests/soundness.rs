@@ -143,7 +143,8 @@ fn f3_the_completion_follows_a_detach_and_only_one() {
 }
 
 /// F4: a provider's registration is deregistered with the provider's
-/// functions and the handle the NMR wrote, never NULL, never a client's.
+/// functions and the handle the NMR wrote, never NULL, never a client's: the
+/// other side's unload is refused and deregisters nothing.
 #[test]
 fn f4_unload_uses_the_registering_side_and_its_handle() {
     let nmr = Recorder::default();
@@ -151,19 +152,27 @@ fn f4_unload_uses_the_registering_side_and_its_handle() {
     // SAFETY: the mock NMR keeps no pointer (null characteristics are never read).
     let status = unsafe { core.register_provider(ptr::null(), ptr::null_mut()) };
     assert_eq!(status, STATUS_SUCCESS);
-    assert_eq!(core.unload(), STATUS_SUCCESS);
-    assert_eq!(
-        core.unload(),
-        STATUS_SUCCESS,
-        "a second unload does nothing"
+    assert_eq!(core.unload_client(), STATUS_INVALID_PARAMETER, "wrong side");
+    assert!(
+        nmr.seen().is_empty(),
+        "nothing deregistered: {:?}",
+        nmr.seen()
     );
+    assert_eq!(core.unload_provider(), STATUS_SUCCESS);
+    let again = core.unload_provider();
+    assert_eq!(again, STATUS_SUCCESS, "a second unload does nothing");
     assert_eq!(nmr.seen(), ["deregister_provider 0xb2"]);
 
     let nmr = Recorder::default();
     let core = ModuleCore::new(nmr.clone(), "f4", GUID::from_u128(2), VersionRange::CURRENT);
     // SAFETY: as above.
     unsafe { core.register_client(ptr::null(), ptr::null_mut()) };
-    core.unload();
+    assert_eq!(
+        core.unload_provider(),
+        STATUS_INVALID_PARAMETER,
+        "wrong side"
+    );
+    assert_eq!(core.unload_client(), STATUS_SUCCESS);
     assert_eq!(nmr.seen(), ["deregister_client 0xc1"]);
 }
 

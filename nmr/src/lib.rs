@@ -226,6 +226,8 @@ pub trait Role: sealed::Sealed + Send + Sync + Sized + 'static {
     #[doc(hidden)]
     fn instance(characteristics: &mut Self::Characteristics) -> &mut NPI_REGISTRATION_INSTANCE;
     #[doc(hidden)]
+    fn unload(core: &ModuleCore<Self::Nmr>) -> NTSTATUS;
+    #[doc(hidden)]
     /// # Safety
     /// As [`ModuleCore::register_client`].
     unsafe fn register(
@@ -270,6 +272,9 @@ impl<M: ClientModule> Role for AsClient<M> {
     fn instance(c: &mut NPI_CLIENT_CHARACTERISTICS) -> &mut NPI_REGISTRATION_INSTANCE {
         &mut c.ClientRegistrationInstance
     }
+    fn unload(core: &ModuleCore<M::Nmr>) -> NTSTATUS {
+        core.unload_client()
+    }
     unsafe fn register(
         core: &ModuleCore<M::Nmr>,
         characteristics: *const NPI_CLIENT_CHARACTERISTICS,
@@ -306,6 +311,9 @@ impl<M: ProviderModule> Role for AsProvider<M> {
     }
     fn instance(c: &mut NPI_PROVIDER_CHARACTERISTICS) -> &mut NPI_REGISTRATION_INSTANCE {
         &mut c.ProviderRegistrationInstance
+    }
+    fn unload(core: &ModuleCore<M::Nmr>) -> NTSTATUS {
+        core.unload_provider()
     }
     unsafe fn register(
         core: &ModuleCore<M::Nmr>,
@@ -377,7 +385,7 @@ unsafe impl<R: Role> Send for Inner<R> {}
 
 impl<R: Role> Unload for Inner<R> {
     fn unload(&self) -> NTSTATUS {
-        self.core.unload()
+        R::unload(&self.core)
     }
 }
 

@@ -32,19 +32,42 @@ mod bench {
         unsafe extern "win64" fn(*mut c_void, *const u8, usize, *mut u16) -> NTSTATUS;
 
     static PEER_CONTEXT: AtomicPtr<c_void> = AtomicPtr::new(ptr::null_mut());
+    /// The client table of the current measurement.
+    static OUR_TABLE: AtomicPtr<ClientDispatchWin64> = AtomicPtr::new(ptr::null_mut());
     static PEER_TABLE: AtomicPtr<c_void> = AtomicPtr::new(ptr::null_mut());
     static CLIENT_ID: NPI_MODULEID = NPI_MODULEID::from_guid(GUID::from_u128(0xbe4c));
     static CHARS: NpiCharacteristics = NpiCharacteristics::new(VersionRange::CURRENT);
 
-    extern "win64" fn notify(_: *mut c_void, _: u32, _: u64) {}
-
-    static TABLE: ClientDispatchWin64 = ClientDispatchWin64 {
-        header: DispatchHeader {
-            version: NPI_VERSION,
-            size: size_of::<ClientDispatch>() as u16,
-        },
-        notify,
-    };
+    /// Our `notify`, as the provider image's worker calls it. Kernel CFG
+    /// (which the image host enforces) lets an image call only image
+    /// functions in a guard table and kernel exports, so `notify` is the
+    /// provider's own bound import of `KeQueryMaximumProcessorCountEx`:
+    /// called as `notify(context, event, value)` it reads a group number
+    /// from the first argument and returns, touching nothing.
+    fn harmless_kernel_export(provider: &Driver) -> usize {
+        const NAME: &str = "KeQueryMaximumProcessorCountEx";
+        let image = provider.image();
+        let (rva, size) = image.iat();
+        let slots = (image.base() + rva as usize) as *const usize;
+        // The IAT holds the imports in order, each DLL's ended by a null slot.
+        let mut names = image.imports().iter();
+        for i in 0..size as usize / size_of::<usize>() {
+            // SAFETY: inside the mapped image's IAT, which is readable.
+            let target = unsafe { slots.add(i).read() };
+            if target == 0 {
+                continue;
+            }
+            if names.next().is_some_and(|(_, f)| f == NAME) {
+                // SAFETY: the bound import of that name: a Windows x64
+                // function of one `u16` argument returning `u32`.
+                let f: extern "win64" fn(u16) -> u32 = unsafe { std::mem::transmute(target) };
+                let count = f(0);
+                assert!((1..=4096).contains(&count), "{NAME} answered {count}");
+                return target;
+            }
+        }
+        panic!("the provider image does not import {NAME}");
+    }
 
     /// `ClientDispatch` with a Windows x64 `notify`: the image calls it so.
     #[repr(C)]
@@ -62,13 +85,15 @@ mod bench {
         // until after the deregistration wait.
         let sim = unsafe { &*context.cast::<Sim>() };
         let (mut peer_context, mut peer_table) = (ptr::null_mut(), ptr::null());
+        let table = OUR_TABLE.load(Ordering::Acquire);
         // SAFETY: inside ClientAttachProvider for `handle`; our binding
-        // context (a static) and table (a static) outlive the binding.
+        // context and table (the measurement's boxed table) outlive the
+        // binding (freed after the deregistration wait).
         let status = unsafe {
             sim.client_attach_provider(
                 handle,
-                (&raw const TABLE).cast_mut().cast(),
-                (&raw const TABLE).cast(),
+                table.cast(),
+                table.cast_const().cast(),
                 &mut peer_context,
                 &mut peer_table,
             )
@@ -131,6 +156,22 @@ mod bench {
         binding.rebind((*sim).clone());
         let mut provider = Driver::load(&dir.join(PROVIDER_IMAGE)).expect("provider image");
         assert_eq!(provider.start(), STATUS_SUCCESS, "provider DriverEntry");
+        // SAFETY: a Windows x64 function (the bound import), called by the
+        // image with the three arguments of `notify`, which it ignores but
+        // the first.
+        let notify = unsafe {
+            std::mem::transmute::<usize, extern "win64" fn(*mut c_void, u32, u64)>(
+                harmless_kernel_export(&provider),
+            )
+        };
+        let our_table = Box::new(ClientDispatchWin64 {
+            header: DispatchHeader {
+                version: NPI_VERSION,
+                size: size_of::<ClientDispatch>() as u16,
+            },
+            notify,
+        });
+        OUR_TABLE.store(ptr::from_ref(&*our_table).cast_mut(), Ordering::Release);
         let chars = characteristics();
         let mut handle: HANDLE = ptr::null_mut();
         // SAFETY: `chars` and the context (the boxed `Sim`) outlive the
@@ -176,6 +217,7 @@ mod bench {
             );
         }
         assert!(provider.stop(), "the provider unloads");
+        drop(our_table);
         samples.sort_by(f64::total_cmp);
         samples[samples.len() / 2]
     }

@@ -170,7 +170,7 @@ impl<N: Nmr> ModuleCore<N> {
     /// # Safety
     ///
     /// As [`Nmr::register_client`]: `characteristics`, what it points to and
-    /// `context` stay valid until [`ModuleCore::unload`] has returned
+    /// `context` stay valid until [`ModuleCore::unload_client`] has returned
     /// `STATUS_SUCCESS`.
     pub unsafe fn register_client(
         &self,

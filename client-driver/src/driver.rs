@@ -22,7 +22,7 @@ impl DriverModule for ClientDriver {
         self.0.call_round(PAYLOAD);
     }
     fn unload(&self) -> NTSTATUS {
-        nmr_common::module::Unload::unload(&*self.0)
+        nmr_common::module::Unload::unload(&self.0)
     }
 }
 

@@ -27,7 +27,7 @@ use core::cell::UnsafeCell;
 use core::ffi::c_void;
 use core::marker::PhantomData;
 use core::ptr::{self, NonNull};
-use core::sync::atomic::{AtomicPtr, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
 
 use crate::arena::SlotArena;
 use crate::ffi::{HANDLE, NTSTATUS, STATUS_PENDING, STATUS_SUCCESS};
@@ -53,6 +53,8 @@ pub struct Binding<N: Nmr, D: 'static, T> {
     // while our attach callback publishes its table.
     peer_context: AtomicPtr<c_void>,
     peer_dispatch: AtomicPtr<c_void>,
+    // Set by the one `publish_peer` that may store the two above.
+    published: AtomicBool,
     rundown: Rundown,
     /// The owner's per-binding data (counters and the like). Reachable from
     /// any thread holding the binding, so it is usually atomics.
@@ -95,7 +97,16 @@ impl<N: Nmr, D: 'static, T> Binding<N, D, T> {
     /// [`BindingSet::slots`]), which must outlive the binding (else its
     /// chunk leaks). `Err` gives `data` back when the heap is exhausted or
     /// the arena cannot grow (decline the attach).
-    pub fn for_client(
+    ///
+    /// # Safety
+    ///
+    /// `handle` is the NMR binding handle of the `ClientAttachProvider` call
+    /// this binding is made in: the drain's completion passes it to
+    /// `NmrClientDetachProviderComplete`. The binding is handed to the NMR as
+    /// the client binding context of that handle (its detach callback is
+    /// [`detach_callback`], its cleanup ends with [`Binding::destroy`]), or
+    /// dropped without ever being detached.
+    pub unsafe fn for_client(
         nmr: N,
         slots: &SlotArena,
         module: &'static str,
@@ -114,7 +125,12 @@ impl<N: Nmr, D: 'static, T> Binding<N, D, T> {
 
     /// The provider's side of a binding (its peer is a client): a drain
     /// completes with `NmrProviderDetachClientComplete`. As [`Binding::for_client`].
-    pub fn for_provider(
+    ///
+    /// # Safety
+    ///
+    /// As [`Binding::for_client`], for the handle of a `ProviderAttachClient`
+    /// call and `NmrProviderDetachClientComplete`.
+    pub unsafe fn for_provider(
         nmr: N,
         slots: &SlotArena,
         module: &'static str,
@@ -152,6 +168,7 @@ impl<N: Nmr, D: 'static, T> Binding<N, D, T> {
             handle,
             peer_context: AtomicPtr::new(ptr::null_mut()),
             peer_dispatch: AtomicPtr::new(ptr::null_mut()),
+            published: AtomicBool::new(false),
             rundown,
             data,
             _dispatch: PhantomData,
@@ -166,15 +183,33 @@ impl<N: Nmr, D: 'static, T> Binding<N, D, T> {
         size_of::<Self>() + self.rundown.heap_bytes()
     }
 
-    /// Publishes the peer: its binding context and its dispatch table, which
-    /// must have passed [`crate::npi::check_dispatch`] for `D`. Until this is
-    /// called, [`Binding::acquire`] refuses; a binding whose peer gave an
-    /// unfit table is simply never published.
-    pub fn publish_peer(&self, context: *mut c_void, dispatch: &'static D) {
+    /// Publishes the peer: its binding context and its dispatch table. Until
+    /// this is called, [`Binding::acquire`] refuses; a binding whose peer gave
+    /// an unfit table is simply never published. Once only: a second call
+    /// changes nothing and answers [`AlreadyPublished`], so a caller can never
+    /// see one publication's table with another's context.
+    ///
+    /// # Safety
+    ///
+    /// `dispatch` is the table the peer gave for this binding (it passed
+    /// [`crate::npi::check_dispatch`] for `D`) and `context` the binding
+    /// context the peer gave with it: [`PeerCall`] hands the two out together
+    /// to call the peer. The table stays valid, and unchanged, until this
+    /// binding's cleanup, which is as long as the NMR contract keeps it (not
+    /// `'static`).
+    pub unsafe fn publish_peer(
+        &self,
+        context: *mut c_void,
+        dispatch: &D,
+    ) -> Result<(), AlreadyPublished> {
+        if self.published.swap(true, Ordering::Relaxed) {
+            return Err(AlreadyPublished);
+        }
         self.peer_context.store(context, Ordering::Relaxed);
         // Release: whoever sees the table also sees the context.
         self.peer_dispatch
             .store(ptr::from_ref(dispatch).cast_mut().cast(), Ordering::Release);
+        Ok(())
     }
 
     /// This side's NMR binding handle.
@@ -235,9 +270,10 @@ impl<N: Nmr, D: 'static, T> Binding<N, D, T> {
         let (nmr, module, id) = (binding.nmr.clone(), binding.module, binding.id());
         let rundown = NonNull::from(&binding.rundown);
         // From here on `binding` is not used: see the safety section.
-        // SAFETY: live on entry, and no reference to the binding is used
-        // after this point (the drain may lead to its free on another
-        // processor before `begin_drain` returns).
+        // SAFETY: this is the detach callback's body (see `detach_callback`),
+        // the one caller entitled to arm the completion; live on entry, and no
+        // reference to the binding is used after this point (the drain may
+        // lead to its free on another processor before `begin_drain` returns).
         let drain = unsafe { Rundown::begin_drain(rundown) };
         let (status, event) = match drain {
             Drain::Drained => (STATUS_SUCCESS, Event::DetachSuccess),
@@ -496,15 +532,22 @@ unsafe impl<N: Nmr, D: Sync + 'static, T: Sync> Sync for BindingSet<N, D, T> {}
 // SAFETY: as above; nothing in the set is tied to a thread.
 unsafe impl<N: Nmr, D: Sync + 'static, T: Sync> Send for BindingSet<N, D, T> {}
 
+/// [`Binding::publish_peer`] was called a second time; the first publication
+/// stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AlreadyPublished;
+
 /// The heap was exhausted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OutOfMemory;
 
 /// Holds the lock of one processor: the list may be read, not written.
+/// Not `Send`: released by the thread that took it.
 struct ReadGuard<'a, N: Nmr, D: 'static, T> {
     set: &'a BindingSet<N, D, T>,
     lock: &'a ReaderLock<N::Lock>,
     saved: Option<<N::Lock as RawSpinLock>::Saved>,
+    _not_send: PhantomData<*const ()>,
 }
 
 impl<N: Nmr, D: 'static, T> ReadGuard<'_, N, D, T> {
@@ -525,8 +568,10 @@ impl<N: Nmr, D: 'static, T> Drop for ReadGuard<'_, N, D, T> {
 }
 
 /// Holds every processor's lock: the list may be written.
+/// Not `Send`: released by the thread that took it, in reverse order.
 struct WriteGuard<'a, N: Nmr, D: 'static, T> {
     set: &'a BindingSet<N, D, T>,
+    _not_send: PhantomData<*const ()>,
 }
 
 impl<N: Nmr, D: 'static, T> WriteGuard<'_, N, D, T> {
@@ -585,6 +630,7 @@ impl<N: Nmr, D: Sync + 'static, T: Sync> BindingSet<N, D, T> {
             set: self,
             lock,
             saved,
+            _not_send: PhantomData,
         }
     }
 
@@ -596,7 +642,10 @@ impl<N: Nmr, D: Sync + 'static, T: Sync> BindingSet<N, D, T> {
             // SAFETY: we now hold this lock: its saved IRQL is ours to write.
             unsafe { *lock.writer_saved.get() = Some(saved) };
         }
-        WriteGuard { set: self }
+        WriteGuard {
+            set: self,
+            _not_send: PhantomData,
+        }
     }
 
     /// Links a binding. `Err` when the heap is exhausted (decline the attach).

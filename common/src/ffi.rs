@@ -3,7 +3,7 @@
 //! Names follow the C header so that a reader can hold this file next to the
 //! header and the documentation. Every size and offset is pinned by the
 //! compile-time assertions at the bottom of this file, which run for every
-//! target: they are the table of `NMR-CONTRACT.md` §1, confirmed against the
+//! target: they are the table of docs/nmr-contract.md ("ABI"), confirmed against the
 //! WDK 10.0.16299 headers for `x86_64-pc-windows-msvc`.
 
 #![allow(non_camel_case_types, non_snake_case)]
@@ -123,6 +123,22 @@ pub union NPI_MODULEID_u {
 }
 
 /// `NPI_MODULEID`: identifies one module (client or provider).
+///
+/// The union is private: every constructor writes all of its 16 bytes, so
+/// that [`NPI_MODULEID::guid`] and [`NPI_MODULEID::luid`] never read
+/// uninitialised memory whatever `Type` says (a `Type` changed after
+/// construction reads initialised, meaningless bytes). A module id that comes
+/// from a peer is read through a raw pointer, under that pointer's contract.
+///
+/// ```compile_fail
+/// use nmr_common::ffi::*;
+/// // Writing only the LUID and calling it a GUID id does not compile.
+/// let id = NPI_MODULEID {
+///     Length: 24,
+///     Type: MIT_GUID,
+///     u: NPI_MODULEID_u { IfLuid: LUID { LowPart: 1, HighPart: 2 } },
+/// };
+/// ```
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct NPI_MODULEID {
@@ -130,8 +146,8 @@ pub struct NPI_MODULEID {
     pub Length: u16,
     /// Which member of the union is valid.
     pub Type: NPI_MODULEID_TYPE,
-    /// The id itself.
-    pub u: NPI_MODULEID_u,
+    /// The id itself: written whole by the constructors.
+    u: NPI_MODULEID_u,
 }
 
 impl NPI_MODULEID {
@@ -144,12 +160,39 @@ impl NPI_MODULEID {
         }
     }
 
+    /// An interface-LUID module id, with `Length` set. The union's other
+    /// eight bytes are zeroed, not left uninitialised.
+    pub const fn from_luid(luid: LUID) -> Self {
+        let mut u = NPI_MODULEID_u {
+            Guid: GUID::from_u128(0),
+        };
+        u.IfLuid = luid;
+        NPI_MODULEID {
+            Length: core::mem::size_of::<NPI_MODULEID>() as u16,
+            Type: MIT_IF_LUID,
+            u,
+        }
+    }
+
     /// The GUID, if this is a well-formed GUID module id.
     pub fn guid(&self) -> Option<GUID> {
         if self.Type == MIT_GUID && usize::from(self.Length) >= core::mem::size_of::<Self>() {
-            // SAFETY: `Type == MIT_GUID` says the `Guid` member is the one written,
-            // and every bit pattern is a valid GUID anyway.
+            // SAFETY: every constructor writes all 16 bytes of the union (a
+            // peer's id is read under its pointer's contract, where
+            // `Type == MIT_GUID` says the GUID was written), and every bit
+            // pattern is a valid GUID.
             Some(unsafe { self.u.Guid })
+        } else {
+            None
+        }
+    }
+
+    /// The interface LUID, if this is an interface-LUID module id.
+    pub fn luid(&self) -> Option<LUID> {
+        if self.Type == MIT_IF_LUID {
+            // SAFETY: as for `guid`: the LUID's 8 bytes are always written, and
+            // every bit pattern is a valid LUID.
+            Some(unsafe { self.u.IfLuid })
         } else {
             None
         }
@@ -289,7 +332,7 @@ pub mod netio {
     }
 }
 
-// Layout pins: NMR-CONTRACT.md §1. These are evaluated at compile time for
+// Layout pins: docs/nmr-contract.md, "ABI". These are evaluated at compile time for
 // every target the crate is built for, so moving a field breaks the build.
 const _: () = {
     use core::mem::{offset_of, size_of};
@@ -365,6 +408,23 @@ mod tests {
         id.Type = MIT_GUID;
         id.Length = 8;
         assert_eq!(id.guid(), None);
+    }
+
+    /// F2: a LUID id relabelled as a GUID id reads initialised bytes (the
+    /// LUID, then zeros), never uninitialised ones. Run under Miri in CI.
+    #[test]
+    fn module_id_relabelled_reads_only_initialised_bytes() {
+        let luid = LUID {
+            LowPart: 0x0403_0201,
+            HighPart: 0x0807_0605,
+        };
+        let mut id = NPI_MODULEID::from_luid(luid);
+        assert_eq!(id.luid(), Some(luid));
+        assert_eq!(id.guid(), None);
+        id.Type = MIT_GUID;
+        let g = id.guid().expect("relabelled");
+        assert_eq!(g.Data1, 0x0403_0201);
+        assert_eq!(g.Data4, [0; 8], "the union's last 8 bytes are zeroed");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The portable core shared by the NMR client and provider drivers.
 //!
 //! `#![no_std]` with `alloc`, no WDK: it builds for the Windows kernel and for
-//! the Linux host alike. See `DESIGN.md` for how the pieces fit.
+//! the Linux host alike. See `docs/architecture.md` for how the pieces fit.
 //!
 //! - [`ffi`]: the `netioddk.h` ABI, declared by hand and pinned by layout checks.
 //! - [`nmr`]: the [`nmr::Nmr`] seam and its Windows implementation.
@@ -13,8 +13,57 @@
 //! - [`module`]: registration, deregistration and the wait, once each.
 //! - [`sync`]: a DISPATCH-safe spin lock over the platform's raw lock.
 //! - [`trace`]: one trace line per NMR event.
+//!
+//! # What safe code cannot do
+//!
+//! Each of these compiled before the soundness review (F1-F5) and does not
+//! now; the run-time halves are in `tests/soundness.rs`.
+//!
+//! F1: share a lock's data with another thread unless it is `Sync` (see
+//! [`sync::SpinLock`]); lock guards no longer exist as values, so none is
+//! released on another thread or out of order.
+//!
+//! F2: build a module id whose union is partly written (see
+//! [`ffi::NPI_MODULEID`]).
+//!
+//! F3: begin a binding's drain outside its detach callback, or make a binding
+//! with an arbitrary handle:
+//!
+//! ```compile_fail,E0133
+//! # use nmr_common::{binding::Binding, rundown::RundownOwner};
+//! fn arm<N: nmr_common::nmr::Nmr>(b: &Binding<N, (), ()>) {
+//!     RundownOwner::rundown(b).begin_drain(); // unsafe fn: not from safe code
+//! }
+//! ```
+//!
+//! ```compile_fail,E0133
+//! # use nmr_common::binding::Binding;
+//! fn make<N: nmr_common::nmr::Nmr>(nmr: N) {
+//!     let _ = Binding::<N, (), ()>::for_client(nmr, "x", core::ptr::null_mut(), ());
+//! }
+//! ```
+//!
+//! F4: hand the registration a handle of one's own choosing, or deregister
+//! with the other side's functions:
+//!
+//! ```compile_fail,E0599
+//! # use nmr_common::module::ModuleCore;
+//! fn lie<N: nmr_common::nmr::Nmr>(core: &ModuleCore<N>) {
+//!     core.register(|_handle| nmr_common::ffi::STATUS_SUCCESS);
+//! }
+//! ```
+//!
+//! F5: publish a peer from safe code (and a second publication is refused):
+//!
+//! ```compile_fail,E0133
+//! # use nmr_common::binding::Binding;
+//! fn pair<N: nmr_common::nmr::Nmr>(b: &Binding<N, u8, ()>, t: &u8) {
+//!     let _ = b.publish_peer(core::ptr::null_mut(), t);
+//! }
+//! ```
 
 #![no_std]
+#![deny(missing_docs)]
 
 extern crate alloc;
 

@@ -10,8 +10,8 @@ use core::sync::atomic::{AtomicI32, AtomicPtr, AtomicU8, Ordering};
 use core::sync::atomic::AtomicU64;
 
 use crate::ffi::{
-    GUID, HANDLE, NPI_MODULEID, NPI_REGISTRATION_INSTANCE, NPIID, NTSTATUS, STATUS_PENDING,
-    STATUS_SUCCESS, nt_success,
+    GUID, HANDLE, NPI_CLIENT_CHARACTERISTICS, NPI_MODULEID, NPI_PROVIDER_CHARACTERISTICS,
+    NPI_REGISTRATION_INSTANCE, NPIID, NTSTATUS, STATUS_PENDING, STATUS_SUCCESS, nt_success,
 };
 use crate::nmr::Nmr;
 use crate::npi::{self, NPI_ID, NPI_VERSION, NpiCharacteristics, PeerMismatch, VersionRange};
@@ -25,17 +25,31 @@ static NPI: NPIID = NPI_ID;
 pub struct ModuleCore<N: Nmr> {
     nmr: N,
     name: &'static str,
+    npi_id: &'static NPIID,
     module_id: NPI_MODULEID,
     npi_characteristics: NpiCharacteristics,
     registration: Registration,
 }
 
 impl<N: Nmr> ModuleCore<N> {
-    /// A module named `name` with id `module_id`, speaking `versions`.
+    /// A module of this project's NPI ([`NPI_ID`]) named `name` with id
+    /// `module_id`, speaking `versions`.
     pub fn new(nmr: N, name: &'static str, module_id: GUID, versions: VersionRange) -> Self {
+        Self::with_npi(nmr, name, &NPI, module_id, versions)
+    }
+
+    /// As [`ModuleCore::new`], for the NPI `npi_id`.
+    pub fn with_npi(
+        nmr: N,
+        name: &'static str,
+        npi_id: &'static NPIID,
+        module_id: GUID,
+        versions: VersionRange,
+    ) -> Self {
         ModuleCore {
             nmr,
             name,
+            npi_id,
             module_id: NPI_MODULEID::from_guid(module_id),
             npi_characteristics: NpiCharacteristics::new(versions),
             registration: Registration::new(),
@@ -74,7 +88,8 @@ impl<N: Nmr> ModuleCore<N> {
     /// deregistration wait returns (the NMR keeps these pointers until then).
     pub unsafe fn registration_instance(this: *const Self) -> NPI_REGISTRATION_INSTANCE {
         NPI_REGISTRATION_INSTANCE {
-            NpiId: &raw const NPI,
+            // SAFETY: a raw read of a field of a live core.
+            NpiId: unsafe { (*this).npi_id },
             // SAFETY: raw projections of a live core; no reference is made.
             ModuleId: unsafe { &raw const (*this).module_id },
             // SAFETY: as above.
@@ -119,8 +134,9 @@ impl<N: Nmr> ModuleCore<N> {
         status
     }
 
-    /// Checks what the peer published: a well-formed GUID module id and an
-    /// NPI version range that overlaps ours. Returns the version to speak.
+    /// Checks what the peer published: our NPI id, a well-formed GUID module
+    /// id and an NPI version range that overlaps ours. Returns the version to
+    /// speak.
     ///
     /// # Safety
     ///
@@ -132,6 +148,10 @@ impl<N: Nmr> ModuleCore<N> {
     ) -> Result<u16, PeerMismatch> {
         // SAFETY: see the function's contract.
         let peer = unsafe { &*peer };
+        // SAFETY: a non-null NPI id points to the peer's GUID.
+        if peer.NpiId.is_null() || unsafe { *peer.NpiId } != *self.npi_id {
+            return Err(PeerMismatch::NpiId);
+        }
         // SAFETY: a non-null module id points to the peer's `NPI_MODULEID`.
         if peer.ModuleId.is_null() || unsafe { (*peer.ModuleId).guid() }.is_none() {
             return Err(PeerMismatch::ModuleId);
@@ -145,9 +165,41 @@ impl<N: Nmr> ModuleCore<N> {
         }
     }
 
-    /// Registers through `register` (the side's `NmrRegister*`), once.
-    pub fn register(&self, register: impl FnOnce(*mut HANDLE) -> NTSTATUS) -> NTSTATUS {
-        self.registration.register(&self.nmr, self.name, register)
+    /// Registers as a client (`NmrRegisterClient`), once.
+    ///
+    /// # Safety
+    ///
+    /// As [`Nmr::register_client`]: `characteristics`, what it points to and
+    /// `context` stay valid until [`ModuleCore::unload_client`] has returned
+    /// `STATUS_SUCCESS`.
+    pub unsafe fn register_client(
+        &self,
+        characteristics: *const NPI_CLIENT_CHARACTERISTICS,
+        context: *mut c_void,
+    ) -> NTSTATUS {
+        self.registration
+            .register(&self.nmr, self.name, Side::Client, |handle| {
+                // SAFETY: forwarded: see the function's contract; `handle` is the
+                // registration's own slot.
+                unsafe { self.nmr.register_client(characteristics, context, handle) }
+            })
+    }
+
+    /// Registers as a provider (`NmrRegisterProvider`), once.
+    ///
+    /// # Safety
+    ///
+    /// As [`ModuleCore::register_client`].
+    pub unsafe fn register_provider(
+        &self,
+        characteristics: *const NPI_PROVIDER_CHARACTERISTICS,
+        context: *mut c_void,
+    ) -> NTSTATUS {
+        self.registration
+            .register(&self.nmr, self.name, Side::Provider, |handle| {
+                // SAFETY: forwarded: see the function's contract.
+                unsafe { self.nmr.register_provider(characteristics, context, handle) }
+            })
     }
 
     /// Deregisters a client and waits: see [`Registration::unload_client`].
@@ -161,14 +213,28 @@ impl<N: Nmr> ModuleCore<N> {
     }
 }
 
+/// Which `NmrRegister*` made a registration: its deregistration and wait use
+/// the same side's functions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Client,
+    Provider,
+}
+
 const UNREGISTERED: u8 = 0;
 const REGISTERING: u8 = 1;
 const REGISTERED: u8 = 2;
 const UNLOADED: u8 = 3;
 
 /// A module's NMR registration: its handle and where it is in its life.
+///
+/// The handle is written only by the side's own `NmrRegister*`, and the
+/// unload deregisters it with the same side's functions: no caller can hand
+/// it another value, or a client handle to `NmrDeregisterProvider`.
 pub struct Registration {
     state: AtomicU8,
+    // Written with the handle, before REGISTERED is published.
+    side: AtomicU8,
     handle: AtomicPtr<c_void>,
     // The final status of the unload, answered again to later calls: a failed
     // deregistration must keep saying so, or the memory would be freed.
@@ -180,17 +246,20 @@ impl Registration {
     pub const fn new() -> Self {
         Registration {
             state: AtomicU8::new(UNREGISTERED),
+            side: AtomicU8::new(0),
             handle: AtomicPtr::new(core::ptr::null_mut()),
             outcome: AtomicI32::new(STATUS_SUCCESS),
         }
     }
 
-    /// Registers through `register`, once; traces the result. A failure leaves
-    /// the module unregistered (nothing to undo on the NMR side).
-    pub fn register<N: Nmr>(
+    /// Registers through `register` (the `side`'s `NmrRegister*`, called
+    /// with the handle's slot), once; traces the result. A failure leaves the
+    /// module unregistered (nothing to undo on the NMR side).
+    fn register<N: Nmr>(
         &self,
         nmr: &N,
         module: &'static str,
+        side: Side,
         register: impl FnOnce(*mut HANDLE) -> NTSTATUS,
     ) -> NTSTATUS {
         if self
@@ -208,6 +277,7 @@ impl Registration {
         let mut handle: HANDLE = core::ptr::null_mut();
         let status = register(&mut handle);
         let next = if nt_success(status) {
+            self.side.store(side as u8, Ordering::Release);
             self.handle.store(handle, Ordering::Release);
             REGISTERED
         } else {
@@ -235,9 +305,17 @@ impl Registration {
     /// final status; later calls do nothing and return it again
     /// (`STATUS_SUCCESS` for a module that never registered).
     ///
+    /// A registration made as a provider is refused with
+    /// `STATUS_INVALID_PARAMETER` and left registered: a provider handle never
+    /// reaches `NmrDeregisterClient`. Each side names only its own functions,
+    /// so a driver image imports only its own side's.
+    ///
     /// One thread loads and unloads a module: not to be called concurrently
-    /// with `register`.
+    /// with registering.
     pub fn unload_client<N: Nmr>(&self, nmr: &N, module: &'static str) -> NTSTATUS {
+        if !self.registered_as(Side::Client) {
+            return self.wrong_side(nmr, module);
+        }
         self.unload_with(
             nmr,
             module,
@@ -248,12 +326,34 @@ impl Registration {
 
     /// As [`Registration::unload_client`], for a provider.
     pub fn unload_provider<N: Nmr>(&self, nmr: &N, module: &'static str) -> NTSTATUS {
+        if !self.registered_as(Side::Provider) {
+            return self.wrong_side(nmr, module);
+        }
         self.unload_with(
             nmr,
             module,
             N::deregister_provider,
             N::wait_for_provider_deregister_complete,
         )
+    }
+
+    /// Whether the registration, if any, was made by `side`.
+    fn registered_as(&self, side: Side) -> bool {
+        self.state.load(Ordering::Acquire) != REGISTERED
+            || self.side.load(Ordering::Acquire) == side as u8
+    }
+
+    /// The other side's unload was asked for: refused, traced.
+    fn wrong_side<N: Nmr>(&self, nmr: &N, module: &'static str) -> NTSTATUS {
+        let status = crate::ffi::STATUS_INVALID_PARAMETER;
+        nmr.trace(&Record {
+            module,
+            binding: None,
+            event: Event::Deregister,
+            status,
+            detail: Some(format_args!("refused: registered as the other side")),
+        });
+        status
     }
 
     /// The body of both: the side's two functions are passed in by its own

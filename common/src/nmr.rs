@@ -16,7 +16,7 @@ use crate::trace::Record;
 /// The NMR, as seen by one module.
 ///
 /// The functions mirror `netioddk.h` one for one; their safety conditions are
-/// the NMR's own (NMR-CONTRACT.md §2). IRQL requirements are in brackets.
+/// the NMR's own (docs/nmr-contract.md, "Rules"). IRQL requirements are in brackets.
 ///
 /// `Clone` because a completion must not borrow the module: the code that
 /// reports a drain clones the `N` it needs onto its stack first, since the

@@ -163,6 +163,8 @@ pub enum PeerMismatch {
     },
     /// The module id is not a well-formed GUID module id.
     ModuleId,
+    /// The peer's registration names another NPI (or none).
+    NpiId,
 }
 
 impl core::fmt::Display for PeerMismatch {
@@ -179,6 +181,7 @@ impl core::fmt::Display for PeerMismatch {
                 )
             }
             PeerMismatch::ModuleId => f.write_str("peer module id is not a GUID module id"),
+            PeerMismatch::NpiId => f.write_str("peer registered for another NPI"),
         }
     }
 }
@@ -210,14 +213,36 @@ pub unsafe fn negotiate_peer(
     })
 }
 
+/// A dispatch table of an NPI: what [`check_dispatch`] may return as `&Self`
+/// once the header fits.
+///
+/// # Safety
+///
+/// `Self` is `#[repr(C)]` and starts with a [`DispatchHeader`]; every bit
+/// pattern a peer of the NPI may put in a table whose header declares an
+/// agreed version and at least `size_of::<Self>()` bytes is a valid `Self`
+/// (its function pointers non-null and of the declared signatures, as the
+/// NPI's definition requires of every peer), and a peer never writes its
+/// table while a binding uses it.
+pub unsafe trait DispatchTable: Sized + Send + Sync + 'static {}
+
+// SAFETY: `repr(C)`, starts with the header; its fields are function pointers
+// that the NPI requires every provider to fill, and tables are immutable.
+unsafe impl DispatchTable for ProviderDispatch {}
+// SAFETY: as above, for clients.
+unsafe impl DispatchTable for ClientDispatch {}
+
 /// Checks a peer's dispatch table header for `version` and a size of at
 /// least `size_of::<T>()`, and returns the table.
 ///
 /// # Safety
 ///
 /// `table` is null or points to a readable `DispatchHeader`, followed by
-/// `header.size` readable bytes in total, alive as long as `'a`.
-pub unsafe fn check_dispatch<'a, T>(
+/// `header.size` readable bytes in total, which, if the header fits, are a
+/// table of the NPI's layout for `T` (see [`DispatchTable`]), neither freed
+/// nor written during `'a` (for a peer's table: until the binding's cleanup,
+/// never `'static`).
+pub unsafe fn check_dispatch<'a, T: DispatchTable>(
     table: *const c_void,
     version: u16,
 ) -> Result<&'a T, PeerMismatch> {

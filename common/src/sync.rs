@@ -8,7 +8,7 @@
 //! simulated IRQL, so that anything that would block under the lock is caught.
 
 use core::cell::UnsafeCell;
-use core::ops::{Deref, DerefMut};
+use core::marker::PhantomData;
 
 /// The platform's raw spin lock.
 ///
@@ -17,6 +17,14 @@ use core::ops::{Deref, DerefMut};
 /// `lock` must not return while another holder has not called `unlock`
 /// (mutual exclusion), and `unlock` must make the holder's writes visible to
 /// the next `lock` (acquire/release semantics).
+///
+/// Callers of `lock`/`unlock` (this crate only: [`SpinLock::with`] and the
+/// binding set's per-processor locks) in turn keep the kernel's rules, which
+/// an implementation may rely on: a lock is released on the processor, and by
+/// the thread, that took it, and locks held together are released in the
+/// reverse order they were taken (LIFO), so that each `unlock` restores the
+/// IRQL its own `lock` saved and the IRQL never drops to PASSIVE while a lock
+/// is still held.
 pub unsafe trait RawSpinLock: Send + Sync {
     /// What `lock` saves and `unlock` restores (the previous IRQL).
     type Saved;
@@ -28,11 +36,42 @@ pub unsafe trait RawSpinLock: Send + Sync {
     ///
     /// # Safety
     ///
-    /// The caller holds the lock, and `saved` is what its `lock` returned.
+    /// The caller holds the lock, took it on this thread, has released every
+    /// lock it took after this one (LIFO), and `saved` is what its `lock`
+    /// returned.
     unsafe fn unlock(&self, saved: Self::Saved);
 }
 
 /// Data protected by a [`RawSpinLock`].
+///
+/// The data is reached only inside [`SpinLock::with`], for the duration of a
+/// closure: there is no guard value, so a lock can be neither released on
+/// another thread (nothing to send) nor released out of order (nested `with`
+/// calls end innermost first, by construction).
+///
+/// Like `std::sync::Mutex`, the lock is `Sync` when `T: Send`; the `&mut T`
+/// the closure gets can be shared with another thread only if `T: Sync`:
+///
+/// ```compile_fail
+/// use core::cell::Cell;
+/// use nmr_common::sync::{FlagLock, SpinLock};
+/// let lock = SpinLock::<FlagLock, Cell<u32>>::new(Cell::new(0));
+/// lock.with(|cell| {
+///     std::thread::scope(|s| {
+///         let shared: &Cell<u32> = cell;
+///         s.spawn(move || shared.set(1)); // `Cell` is not `Sync`: does not compile
+///         shared.set(2);
+///     })
+/// });
+/// ```
+///
+/// Nor does the data escape the closure:
+///
+/// ```compile_fail
+/// use nmr_common::sync::{FlagLock, SpinLock};
+/// let lock = SpinLock::<FlagLock, u32>::new(0);
+/// let escaped: &mut u32 = lock.with(|value| value);
+/// ```
 pub struct SpinLock<R: RawSpinLock, T> {
     raw: R,
     data: UnsafeCell<T>,
@@ -53,40 +92,37 @@ impl<R: RawSpinLock, T> SpinLock<R, T> {
         }
     }
 
-    /// Spins until held. Keep the guard short; never block or call out under it.
-    pub fn lock(&self) -> SpinLockGuard<'_, R, T> {
-        let saved = Some(self.raw.lock());
-        SpinLockGuard { lock: self, saved }
+    /// Spins until held, runs `f` on the data, releases. Keep `f` short;
+    /// never block or call out of the module inside it (it runs at
+    /// DISPATCH_LEVEL on Windows).
+    pub fn with<U>(&self, f: impl FnOnce(&mut T) -> U) -> U {
+        let held = Held {
+            raw: &self.raw,
+            saved: Some(self.raw.lock()),
+            _not_send: PhantomData,
+        };
+        // SAFETY: we hold the lock, so no one else reaches `data`; the borrow
+        // ends with `f`, before `held` releases.
+        let result = f(unsafe { &mut *self.data.get() });
+        drop(held);
+        result
     }
 }
 
-/// Holds a [`SpinLock`]; releases it on drop.
-pub struct SpinLockGuard<'a, R: RawSpinLock, T> {
-    lock: &'a SpinLock<R, T>,
+/// The release of one [`SpinLock::with`], also on unwinding. Private and
+/// `!Send`: it never leaves the `with` frame that made it.
+struct Held<'a, R: RawSpinLock> {
+    raw: &'a R,
     saved: Option<R::Saved>,
+    _not_send: PhantomData<*const ()>,
 }
 
-impl<R: RawSpinLock, T> Deref for SpinLockGuard<'_, R, T> {
-    type Target = T;
-    fn deref(&self) -> &T {
-        // SAFETY: the guard holds the lock, so no one else reaches `data`.
-        unsafe { &*self.lock.data.get() }
-    }
-}
-
-impl<R: RawSpinLock, T> DerefMut for SpinLockGuard<'_, R, T> {
-    fn deref_mut(&mut self) -> &mut T {
-        // SAFETY: the guard holds the lock, and `&mut self` makes this the only
-        // reference derived from it.
-        unsafe { &mut *self.lock.data.get() }
-    }
-}
-
-impl<R: RawSpinLock, T> Drop for SpinLockGuard<'_, R, T> {
+impl<R: RawSpinLock> Drop for Held<'_, R> {
     fn drop(&mut self) {
         if let Some(saved) = self.saved.take() {
-            // SAFETY: this guard holds the lock and `saved` came from its `lock`.
-            unsafe { self.lock.raw.unlock(saved) };
+            // SAFETY: taken by this frame, on this thread; any lock taken
+            // inside `f` was released when its own `with` returned (LIFO).
+            unsafe { self.raw.unlock(saved) };
         }
     }
 }
@@ -224,7 +260,7 @@ mod tests {
                 let lock = lock.clone();
                 std::thread::spawn(move || {
                     for _ in 0..10_000 {
-                        *lock.lock() += 1;
+                        lock.with(|n| *n += 1);
                     }
                 })
             })
@@ -232,6 +268,50 @@ mod tests {
         for t in threads {
             t.join().unwrap();
         }
-        assert_eq!(*lock.lock(), 40_000);
+        assert_eq!(lock.with(|n| *n), 40_000);
+    }
+
+    /// Nested locks release innermost first: the model lock below records
+    /// the order, and `with` gives no way to write another.
+    #[test]
+    fn nested_locks_release_in_lifo_order() {
+        use std::sync::Mutex;
+        static ORDER: Mutex<std::vec::Vec<(&str, u8)>> = Mutex::new(std::vec::Vec::new());
+        struct Named(&'static str, FlagLock);
+        // SAFETY: delegates to `FlagLock`.
+        unsafe impl RawSpinLock for Named {
+            type Saved = ();
+            fn new() -> Self {
+                Named("?", FlagLock::new())
+            }
+            fn lock(&self) {
+                self.1.lock();
+                ORDER.lock().unwrap().push((self.0, b'+'));
+            }
+            unsafe fn unlock(&self, (): ()) {
+                ORDER.lock().unwrap().push((self.0, b'-'));
+                // SAFETY: forwarded contract.
+                unsafe { self.1.unlock(()) }
+            }
+        }
+        let outer = SpinLock {
+            raw: Named("outer", FlagLock::new()),
+            data: UnsafeCell::new(1),
+        };
+        let inner = SpinLock {
+            raw: Named("inner", FlagLock::new()),
+            data: UnsafeCell::new(2),
+        };
+        let sum = outer.with(|a| inner.with(|b| *a + *b));
+        assert_eq!(sum, 3);
+        assert_eq!(
+            *ORDER.lock().unwrap(),
+            [
+                ("outer", b'+'),
+                ("inner", b'+'),
+                ("inner", b'-'),
+                ("outer", b'-')
+            ]
+        );
     }
 }

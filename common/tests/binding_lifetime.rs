@@ -123,10 +123,14 @@ static SLOTS: std::sync::LazyLock<SlotArena> =
     std::sync::LazyLock::new(|| SlotArena::new(PROCESSORS as usize));
 
 fn new_binding(nmr: &FreeingNmr) -> NonNull<TestBinding> {
-    let binding = TestBinding::for_client(nmr.clone(), &SLOTS, "lifetime", ptr::null_mut(), 0)
-        .ok()
-        .unwrap();
-    binding.publish_peer(ptr::null_mut(), &TABLE);
+    // SAFETY: the test NMR's completion frees nothing but the binding, and
+    // the binding is only detached through `detach_callback`.
+    let binding =
+        unsafe { TestBinding::for_client(nmr.clone(), &SLOTS, "lifetime", ptr::null_mut(), 0) }
+            .ok()
+            .unwrap();
+    // SAFETY: the static table, with the (null) context the tests pair it with.
+    unsafe { binding.publish_peer(ptr::null_mut(), &TABLE) }.unwrap();
     let binding = NonNull::from(Box::leak(binding));
     nmr.0.binding.store(binding.as_ptr(), Ordering::Release);
     binding
@@ -212,11 +216,13 @@ fn releases_on_other_threads_free_the_binding_through_the_set() {
 #[test]
 fn an_unpublished_binding_is_never_callable() {
     let nmr = FreeingNmr::default();
-    let binding = TestBinding::for_client(nmr, &SLOTS, "misuse", ptr::null_mut(), 0)
+    // SAFETY: never detached; dropped at the end.
+    let binding = unsafe { TestBinding::for_client(nmr, &SLOTS, "misuse", ptr::null_mut(), 0) }
         .ok()
         .unwrap();
     assert!(binding.acquire().is_none(), "no peer table published yet");
-    binding.publish_peer(ptr::null_mut(), &TABLE);
+    // SAFETY: the static table, with the (null) context the tests pair it with.
+    unsafe { binding.publish_peer(ptr::null_mut(), &TABLE) }.unwrap();
     assert!(binding.acquire().is_some());
 }
 
@@ -224,7 +230,8 @@ fn an_unpublished_binding_is_never_callable() {
 fn a_second_detach_is_answered_pending_and_completes_nothing() {
     let nmr = FreeingNmr::default();
     let binding = NonNull::from(Box::leak(
-        TestBinding::for_client(nmr.clone(), &SLOTS, "misuse", ptr::null_mut(), 0)
+        // SAFETY: detached only through `Binding::detach`, freed by `destroy`.
+        unsafe { TestBinding::for_client(nmr.clone(), &SLOTS, "misuse", ptr::null_mut(), 0) }
             .ok()
             .unwrap(),
     ));

@@ -50,7 +50,7 @@ unsafe extern "system" fn checksum(
 }
 unsafe extern "system" fn notify(_: *mut c_void, _: u32, _: u64) {}
 
-fn dispatch<T>(input: &mut Input<'_>) {
+fn dispatch<T: nmr_common::npi::DispatchTable>(input: &mut Input<'_>) {
     let full = size_of::<T>();
     let wanted = version_from(input);
     let null = input.choose(16) == 0;

@@ -1,5 +1,5 @@
 //! What the modules and the model must answer, written again from the
-//! contract (NMR-CONTRACT.md §1, R12; `nmr_common::npi`'s documented rules)
+//! contract (docs/nmr-contract.md, "ABI", R12; `nmr_common::npi`'s documented rules)
 //! without calling the code under test: the targets compare the two.
 
 use nmr_common::ffi::{MIT_GUID, NPI_MODULEID, NPI_REGISTRATION_INSTANCE};

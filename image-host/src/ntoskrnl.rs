@@ -1045,7 +1045,11 @@ pub(crate) extern "win64" fn memcmp(a: *const u8, b: *const u8, n: usize) -> i32
 
 /// The processors the host offers.
 fn processor_count() -> u32 {
-    std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
+    // Read once: `available_parallelism` reads the cgroup files under /proc
+    // at every call, which made `KeGetCurrentProcessorNumberEx` (on every
+    // NPI call of the images) cost tens of microseconds.
+    static COUNT: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *COUNT.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32))
 }
 
 /// `KeQueryMaximumProcessorCountEx(GroupNumber)`: one group holds them all.

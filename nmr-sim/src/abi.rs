@@ -68,7 +68,7 @@ impl ClientAttach {
     /// Calls it.
     ///
     /// # Safety
-    /// As for the callback itself (NMR-CONTRACT.md §2).
+    /// As for the callback itself (docs/nmr-contract.md, "Rules").
     pub(crate) unsafe fn call(
         self,
         binding: HANDLE,
@@ -100,7 +100,7 @@ impl ProviderAttach {
     /// Calls it.
     ///
     /// # Safety
-    /// As for the callback itself (NMR-CONTRACT.md §2).
+    /// As for the callback itself (docs/nmr-contract.md, "Rules").
     #[allow(clippy::too_many_arguments)]
     pub(crate) unsafe fn call(
         self,
@@ -161,7 +161,7 @@ impl DetachFn {
     /// Calls it.
     ///
     /// # Safety
-    /// As for the callback itself (NMR-CONTRACT.md §2).
+    /// As for the callback itself (docs/nmr-contract.md, "Rules").
     pub(crate) unsafe fn call(self, binding_context: *mut c_void) -> NTSTATUS {
         match self.1 {
             // SAFETY: the caller upholds the callback's contract.
@@ -184,7 +184,7 @@ impl CleanupFn {
     /// Calls it.
     ///
     /// # Safety
-    /// As for the callback itself (NMR-CONTRACT.md §2).
+    /// As for the callback itself (docs/nmr-contract.md, "Rules").
     pub(crate) unsafe fn call(self, binding_context: *mut c_void) {
         match self.1 {
             // SAFETY: the caller upholds the callback's contract.

@@ -1,7 +1,7 @@
 //! `nmr-sim`: a user-mode model of the Windows Network Module Registrar.
 //!
 //! [`Sim`] implements [`nmr_common::nmr::Nmr`] and follows every rule of
-//! NMR-CONTRACT.md (R1-R13): it matches clients and providers by NPI id and
+//! docs/nmr-contract.md (R1-R13): it matches clients and providers by NPI id and
 //! attaches them synchronously inside the register call, detaches every
 //! binding of a deregistering module exactly once per side, runs the cleanups
 //! once, after both sides are done, inside the last completion and never under

@@ -43,9 +43,7 @@ impl Sim {
                 let _ = write!(s, "{b:02x}");
             }
             s
-        } else if id.Type == MIT_IF_LUID {
-            // SAFETY: `Type` says the LUID member is the one written.
-            let l = unsafe { id.u.IfLuid };
+        } else if let Some(l) = id.luid() {
             format!("luid-{:x}:{:x}", l.HighPart, l.LowPart)
         } else {
             "module-id-?".into()

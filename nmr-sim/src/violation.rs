@@ -65,7 +65,7 @@ impl Callback {
     }
 }
 
-/// One broken rule of NMR-CONTRACT.md. `module` names the module that broke
+/// One broken rule of docs/nmr-contract.md. `module` names the module that broke
 /// it (the model's name for it: see [`crate::Sim::name_module`]); `handle` and
 /// `binding` are the handle values the module passed or was given.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -264,7 +264,7 @@ pub enum Violation {
 }
 
 impl Violation {
-    /// The rule of NMR-CONTRACT.md broken, e.g. `"R8"`.
+    /// The rule of docs/nmr-contract.md broken, e.g. `"R8"`.
     pub fn rule(&self) -> &'static str {
         use Violation::*;
         match self {

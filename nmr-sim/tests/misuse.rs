@@ -668,11 +668,10 @@ fn nmr_call_at_dispatch() {
     let p = TestModule::provider(&sim, "p", NPI_A);
     // Register under a spin lock.
     let lock = SpinLock::<SimLock, ()>::new(());
-    {
-        let _held = lock.lock();
+    lock.with(|()| {
         assert_eq!(irql::current(), Irql::Dispatch);
         assert_eq!(p.register(), STATUS_UNSUCCESSFUL);
-    }
+    });
     assert_eq!(irql::current(), Irql::Passive);
     assert_eq!(
         one(&sim),
@@ -722,10 +721,7 @@ fn blocking_at_dispatch() {
     let sim = Sim::new(Config::default().recording());
     // Nmr::delay under a spin lock.
     let lock = SpinLock::<SimLock, ()>::new(());
-    {
-        let _held = lock.lock();
-        sim.delay(1);
-    }
+    lock.with(|()| sim.delay(1));
     assert_eq!(
         one(&sim),
         Violation::BlockingAtDispatch {

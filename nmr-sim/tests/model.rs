@@ -230,24 +230,20 @@ fn irql_of_each_callback() {
 fn sim_lock_raises_and_restores_the_irql() {
     let lock = Arc::new(SpinLock::<SimLock, u64>::new(0));
     assert_eq!(irql::current(), Irql::Passive);
-    {
-        let mut g = lock.lock();
+    lock.with(|g| {
         assert_eq!(irql::current(), Irql::Dispatch);
         *g += 1;
-        {
-            let inner = SpinLock::<SimLock, ()>::new(());
-            let _g2 = inner.lock();
-            assert_eq!(irql::current(), Irql::Dispatch);
-        }
+        let inner = SpinLock::<SimLock, ()>::new(());
+        inner.with(|()| assert_eq!(irql::current(), Irql::Dispatch));
         assert_eq!(irql::current(), Irql::Dispatch);
-    }
+    });
     assert_eq!(irql::current(), Irql::Passive);
     let threads: Vec<_> = (0..4)
         .map(|_| {
             let lock = lock.clone();
             thread::spawn(move || {
                 for _ in 0..5000 {
-                    *lock.lock() += 1;
+                    lock.with(|n| *n += 1);
                 }
             })
         })
@@ -255,7 +251,7 @@ fn sim_lock_raises_and_restores_the_irql() {
     for t in threads {
         t.join().unwrap();
     }
-    assert_eq!(*lock.lock(), 20_001);
+    assert_eq!(lock.with(|n| *n), 20_001);
 }
 
 #[test]

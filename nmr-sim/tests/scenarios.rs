@@ -1,4 +1,4 @@
-//! NMR-CONTRACT.md §4: scenarios 1-17, each in every detach order and both
+//! docs/nmr-contract.md, "Scenarios": 1-17, each in every detach order and both
 //! delivery modes (`Config::all_orders()`), against small test modules.
 //! Ordering comes from the model's knobs, gates and its event log; no sleeps.
 

@@ -18,7 +18,7 @@ impl DriverModule for ProviderDriver {
         self.0.notify_round();
     }
     fn unload(&self) -> NTSTATUS {
-        nmr_common::module::Unload::unload(&*self.0)
+        nmr_common::module::Unload::unload(&self.0)
     }
 }
 

@@ -6,7 +6,7 @@
 //! The twin of `km_wdk.rs`: the same public items with the same signatures,
 //! each a thin wrapper of one kernel function (`tests/twins.rs` checks it).
 //! Policy is in `shell.rs`, shared by both. The layout checks at the bottom
-//! pin what this file declares to the WDK headers (NMR-CONTRACT.md §1).
+//! pin what this file declares to the WDK headers (docs/nmr-contract.md, "ABI").
 
 #![allow(non_snake_case)]
 

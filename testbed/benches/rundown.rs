@@ -262,15 +262,13 @@ impl Fixture {
     fn new() -> Self {
         let sim = Sim::new(nmr_sim::Config::default());
         let slots = SlotArena::new(sim.processor_count() as usize);
-        let binding = Binding::<Sim, Table, ()>::for_client(
-            sim.clone(),
-            &slots,
-            "bench",
-            ptr::null_mut(),
-            (),
-        )
+        // SAFETY: never detached (the fixture measures calls only).
+        let binding = unsafe {
+            Binding::<Sim, Table, ()>::for_client(sim.clone(), &slots, "bench", ptr::null_mut(), ())
+        }
         .unwrap_or_else(|_| panic!("memory"));
-        binding.publish_peer(ptr::null_mut(), &TABLE);
+        // SAFETY: the static table, with a null context it never reads.
+        unsafe { binding.publish_peer(ptr::null_mut(), &TABLE) }.expect("published once");
         Fixture {
             floor: AtomicUsize::new(0),
             word: WordRundown(AtomicUsize::new(0)),
@@ -421,9 +419,11 @@ fn memory() {
             ..nmr_sim::Config::default()
         });
         let slots = SlotArena::new(processors as usize);
-        let bench =
+        // SAFETY: never detached: measured, then dropped.
+        let bench = unsafe {
             Binding::<Sim, Table, ()>::for_client(sim.clone(), &slots, "m", ptr::null_mut(), ())
-                .unwrap_or_else(|_| panic!("memory"));
+        }
+        .unwrap_or_else(|_| panic!("memory"));
         let per_lease = slots.bytes_per_lease();
         println!(
             "  {processors:>3} processors: {} bytes ({} struct + {} slots) with a full chunk; \

@@ -1,5 +1,5 @@
 //! End-to-end: the real client and provider modules on the NMR model, in
-//! every detach order and both delivery modes (NMR-CONTRACT.md §4, the
+//! every detach order and both delivery modes (docs/nmr-contract.md, "Scenarios": the
 //! scenarios that concern the drivers). Calls are held in flight by the
 //! testbed's gates; ordering is read from the model's event log.
 

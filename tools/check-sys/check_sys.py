@@ -90,24 +90,24 @@ NETIO = "NETIO.SYS"
 # one renamed or removed fails the check ("not in the map").
 HANDED_OUT = {
     "nmr_client": {
-        # client-driver/module/src/client.rs, NPI_CLIENT_CHARACTERISTICS
-        "nmr_client_module::client::attach_provider": "ClientAttachProvider",
+        # nmr/src/lib.rs, the client's NPI_CLIENT_CHARACTERISTICS
+        "nmr::attach_provider": "ClientAttachProvider",
         "nmr_common::binding::detach_callback": "ClientDetachProvider",
-        "nmr_client_module::client::cleanup_binding": "ClientCleanupBindingContext",
-        # client-driver/module/src/client.rs, ClientDispatch
-        "nmr_client_module::client::notify": "client dispatch: notify",
+        "nmr::cleanup_binding": "ClientCleanupBindingContext",
+        # npi/src/lib.rs, client_table (ClientDispatch)
+        "nmr_checksum_npi::notify_trampoline": "client dispatch: notify",
         # shell/src/shell.rs
         "nmr_client::driver::driver_unload": "DriverUnload",
         "nmr_shell::shell::worker": "PsCreateSystemThread start routine",
     },
     "nmr_provider": {
-        # provider-driver/module/src/provider.rs, NPI_PROVIDER_CHARACTERISTICS
-        "nmr_provider_module::provider::attach_client": "ProviderAttachClient",
+        # nmr/src/lib.rs, the provider's NPI_PROVIDER_CHARACTERISTICS
+        "nmr::attach_client": "ProviderAttachClient",
         "nmr_common::binding::detach_callback": "ProviderDetachClient",
-        "nmr_provider_module::provider::cleanup_binding": "ProviderCleanupBindingContext",
-        # provider-driver/module/src/provider.rs, ProviderDispatch
-        "nmr_provider_module::provider::get_info": "provider dispatch: get_info",
-        "nmr_provider_module::provider::checksum": "provider dispatch: checksum",
+        "nmr::cleanup_binding": "ProviderCleanupBindingContext",
+        # npi/src/lib.rs, provider_table (ProviderDispatch)
+        "nmr_checksum_npi::get_info_trampoline": "provider dispatch: get_info",
+        "nmr_checksum_npi::checksum_trampoline": "provider dispatch: checksum",
         # shell/src/shell.rs
         "nmr_provider::driver::driver_unload": "DriverUnload",
         "nmr_shell::shell::worker": "PsCreateSystemThread start routine",

@@ -80,22 +80,16 @@ const NTOSKRNL_FIRST_BUILD: &[(&str, u32)] = &[("ExAllocatePool2", 19041)]; // W
 pub fn handed_out(driver: &str) -> &'static [(&'static str, &'static str)] {
     match driver {
         "nmr_client" => &[
-            // client-driver/module/src/client.rs, NPI_CLIENT_CHARACTERISTICS
-            (
-                "nmr_client_module::client::attach_provider",
-                "ClientAttachProvider",
-            ),
+            // nmr/src/lib.rs, the client's NPI_CLIENT_CHARACTERISTICS
+            ("nmr::attach_provider", "ClientAttachProvider"),
             (
                 "nmr_common::binding::detach_callback",
                 "ClientDetachProvider",
             ),
+            ("nmr::cleanup_binding", "ClientCleanupBindingContext"),
+            // npi/src/lib.rs, client_table (ClientDispatch)
             (
-                "nmr_client_module::client::cleanup_binding",
-                "ClientCleanupBindingContext",
-            ),
-            // client-driver/module/src/client.rs, ClientDispatch
-            (
-                "nmr_client_module::client::notify",
+                "nmr_checksum_npi::notify_trampoline",
                 "client dispatch: notify",
             ),
             // shell/src/shell.rs
@@ -106,26 +100,20 @@ pub fn handed_out(driver: &str) -> &'static [(&'static str, &'static str)] {
             ),
         ],
         "nmr_provider" => &[
-            // provider-driver/module/src/provider.rs, NPI_PROVIDER_CHARACTERISTICS
-            (
-                "nmr_provider_module::provider::attach_client",
-                "ProviderAttachClient",
-            ),
+            // nmr/src/lib.rs, the provider's NPI_PROVIDER_CHARACTERISTICS
+            ("nmr::attach_client", "ProviderAttachClient"),
             (
                 "nmr_common::binding::detach_callback",
                 "ProviderDetachClient",
             ),
+            ("nmr::cleanup_binding", "ProviderCleanupBindingContext"),
+            // npi/src/lib.rs, provider_table (ProviderDispatch)
             (
-                "nmr_provider_module::provider::cleanup_binding",
-                "ProviderCleanupBindingContext",
-            ),
-            // provider-driver/module/src/provider.rs, ProviderDispatch
-            (
-                "nmr_provider_module::provider::get_info",
+                "nmr_checksum_npi::get_info_trampoline",
                 "provider dispatch: get_info",
             ),
             (
-                "nmr_provider_module::provider::checksum",
+                "nmr_checksum_npi::checksum_trampoline",
                 "provider dispatch: checksum",
             ),
             // shell/src/shell.rs

@@ -1,21 +1,19 @@
 //! The NPI client module, generic over the NMR it runs on.
 //!
-//! It attaches to every provider of [`NPI_ID`] whose versions and dispatch
-//! table fit, and its worker ([`ClientModule::call_round`]) calls `checksum`
-//! through every active binding and verifies each answer. Providers call back
-//! with `notify`.
+//! It attaches to every provider of the checksum NPI whose registration,
+//! versions and dispatch table fit (the `nmr` library checks them), and its
+//! worker ([`Client::call_round`]) calls `checksum` through every active
+//! binding and verifies each answer. Providers call back with `notify`.
 
-use core::cell::UnsafeCell;
-use core::ffi::c_void;
-use core::ptr::{self, NonNull};
 use core::sync::atomic::Ordering::Relaxed;
 
-use nmr_common::binding::{Binding, BindingSet, detach_callback};
+use nmr::{AsClient, Callee, Decline, Identity, Offer};
+use nmr_checksum_npi::{ChecksumNpi, ClientDispatch, Notify, ProviderCalls, VersionRange};
 use nmr_common::counters::PerProcessorCounters;
-use nmr_common::ffi::*;
-use nmr_common::module::{ModuleBox, ModuleCore, Unload};
+use nmr_common::ffi::{GUID, NTSTATUS, STATUS_INSUFFICIENT_RESOURCES, STATUS_SUCCESS};
+use nmr_common::module::Unload;
 use nmr_common::nmr::Nmr;
-use nmr_common::npi::*;
+use nmr_common::npi::internet_checksum;
 use nmr_common::trace::Event;
 
 /// The module name: in traces, the driver image, the service.
@@ -56,7 +54,7 @@ nmr_common::counters! {
         offered,
         /// Bindings made.
         attached,
-        /// Providers declined (versions, dispatch, module id) or failed attaches.
+        /// Providers declined (registration, versions, dispatch) or failed attaches.
         declined,
         /// Bindings cleaned up (freed).
         cleaned_up,
@@ -73,108 +71,78 @@ nmr_common::counters! {
     }
 }
 
-/// The client's side of one binding: the provider is the peer.
-pub type ProviderBinding<N> = Binding<N, ProviderDispatch, BindingData<N>>;
-
-/// What the client keeps per binding.
-pub struct BindingData<N: Nmr> {
-    module: *const ClientModule<N>,
-    /// The NPI version agreed with this provider.
-    pub version: u16,
-}
-
-// SAFETY: `module` points to the module, which is `Sync` and outlives every
-// binding (it is freed only after the deregistration wait).
-unsafe impl<N: Nmr> Sync for BindingData<N> {}
-// SAFETY: as above.
-unsafe impl<N: Nmr> Send for BindingData<N> {}
-
-/// The client module. Lives at a fixed address inside a [`Client`].
+/// The client module: its configuration and call counters. The `nmr`
+/// library owns its bindings.
 pub struct ClientModule<N: Nmr> {
-    core: ModuleCore<N>,
+    nmr: N,
     config: ClientConfig,
-    dispatch: ClientDispatch,
-    // Filled in `load` once the module has its final address; read by the NMR.
-    characteristics: UnsafeCell<NPI_CLIENT_CHARACTERISTICS>,
-    bindings: BindingSet<N, ProviderDispatch, BindingData<N>>,
-    // One set per processor: the call path bumps only its own line.
+    // One set per processor: the call path bumps only its own line. The
+    // binding lifecycle counts are the library's.
     stats: PerProcessorCounters<ClientStats>,
 }
 
-// SAFETY: `characteristics` is written once in `load` before the module is
-// shared, then only read; everything else is `Sync`.
-unsafe impl<N: Nmr> Sync for ClientModule<N> {}
-// SAFETY: nothing in the module is tied to a thread.
-unsafe impl<N: Nmr> Send for ClientModule<N> {}
+/// The client's side of one binding, as the library allocates it (for size
+/// measurements).
+pub type ProviderBinding<N> = nmr::BindingContext<AsClient<ClientModule<N>>>;
 
-/// A loaded client: registered with the NMR until dropped or unloaded.
-pub type Client<N> = ModuleBox<ClientModule<N>>;
+impl<N: Nmr> nmr::ClientModule for ClientModule<N> {
+    type Nmr = N;
+    type Npi = ChecksumNpi;
+    type Binding = ();
 
-impl<N: Nmr> ClientModule<N> {
-    /// Builds the module, fully initialised, then registers it: providers
-    /// already registered are attached before this returns (R2).
-    pub fn load(nmr: N, config: ClientConfig) -> Result<Client<N>, NTSTATUS> {
-        // One reader lock per processor: sized by the NMR, allocated fallibly.
-        let bindings =
-            BindingSet::try_new(nmr.clone()).map_err(|_| STATUS_INSUFFICIENT_RESOURCES)?;
-        let stats = PerProcessorCounters::try_new(nmr.processor_count())
-            .map_err(|_| STATUS_INSUFFICIENT_RESOURCES)?;
-        let module = ClientModule {
-            core: ModuleCore::new(nmr, config.name, config.module_id, config.versions),
-            config,
-            dispatch: ClientDispatch {
-                header: DispatchHeader {
-                    version: NPI_VERSION,
-                    size: size_of::<ClientDispatch>() as u16,
-                },
-                notify: notify::<N>,
-            },
-            characteristics: UnsafeCell::new(NPI_CLIENT_CHARACTERISTICS {
-                Version: 0,
-                Length: size_of::<NPI_CLIENT_CHARACTERISTICS>() as u16,
-                ClientAttachProvider: Some(attach_provider::<N>),
-                ClientDetachProvider: Some(detach_callback::<N, ProviderDispatch, BindingData<N>>),
-                ClientCleanupBindingContext: Some(cleanup_binding::<N>),
-                ClientRegistrationInstance: ModuleCore::<N>::unplaced_instance(),
-            }),
-            bindings,
-            stats,
-        };
-        let client = ModuleBox::new(module).map_err(|_| STATUS_INSUFFICIENT_RESOURCES)?;
-        let this = client.as_ptr();
-        // SAFETY: the module is at its final address and not shared yet; the
-        // pointers written point into it and stay valid until it is freed,
-        // which happens only after the deregistration wait.
-        unsafe {
-            (*(*this).characteristics.get()).ClientRegistrationInstance =
-                ModuleCore::registration_instance(&raw const (*this).core);
-        }
-        let status = client.core.register(|handle| {
-            // SAFETY: characteristics and context live in the module, which
-            // outlives the registration (freed only after the wait returns).
-            unsafe {
-                client
-                    .core
-                    .nmr()
-                    .register_client(client.characteristics.get(), this.cast(), handle)
-            }
-        });
-        if nt_success(status) {
-            Ok(client)
-        } else {
-            Err(status)
-        }
+    fn dispatch() -> ClientDispatch {
+        nmr_checksum_npi::client_table::<Self>()
     }
 
-    /// The module's name.
-    pub fn name(&self) -> &'static str {
-        self.core.name()
+    fn attach(&self, _offer: &Offer) -> Result<(), Decline> {
+        // Every provider the library let through is welcome.
+        Ok(())
+    }
+}
+
+impl<N: Nmr> Notify for ClientModule<N> {
+    fn notify(callee: &Callee<'_, AsClient<Self>>, _event: u32, _value: u64) {
+        let module = callee.module();
+        module.counters().notifications.fetch_add(1, Relaxed);
+        if module.config.notify_delay_us != 0 {
+            module.nmr.delay(module.config.notify_delay_us);
+        }
+    }
+}
+
+/// A loaded client: registered with the NMR until dropped or unloaded.
+pub struct Client<N: Nmr>(nmr::Client<ClientModule<N>>);
+
+impl<N: Nmr> ClientModule<N> {
+    /// Builds the module, then registers it: providers already registered
+    /// are attached before this returns (R2).
+    pub fn load(nmr: N, config: ClientConfig) -> Result<Client<N>, NTSTATUS> {
+        let stats = PerProcessorCounters::try_new(nmr.processor_count())
+            .map_err(|_| STATUS_INSUFFICIENT_RESOURCES)?;
+        let identity = Identity {
+            name: config.name,
+            module_id: config.module_id,
+            versions: config.versions,
+        };
+        let module = ClientModule {
+            nmr: nmr.clone(),
+            config,
+            stats,
+        };
+        nmr::Client::register(nmr, identity, module).map(Client)
     }
 
     /// The counters of the processor this runs on.
     #[inline(always)]
     fn counters(&self) -> &ClientStats {
-        self.stats.on(self.core.nmr().current_processor())
+        self.stats.on(self.nmr.current_processor())
+    }
+}
+
+impl<N: Nmr> Client<N> {
+    /// The module's name.
+    pub fn name(&self) -> &'static str {
+        self.0.name()
     }
 
     /// One round of the worker: `checksum(payload)` through every active
@@ -184,220 +152,58 @@ impl<N: Nmr> ClientModule<N> {
         let expected = internet_checksum(payload);
         // This processor's counters, chosen once a round: a thread that
         // migrates mid-round shares a line for a while, and loses no count.
-        let counters = self.counters();
+        let counters = self.0.counters();
         let mut verified = 0;
-        let refused = self.bindings.for_each_call(|provider| {
-            let mut answer = 0u16;
-            // SAFETY: the dispatch table passed `check_dispatch` and stays
-            // valid while the call is counted; `payload` and `answer` are live
-            // for the call; the context is the provider's own.
-            let status = unsafe {
-                (provider.dispatch().checksum)(
-                    provider.context(),
-                    payload.as_ptr(),
-                    payload.len(),
-                    &mut answer,
-                )
-            };
+        self.0.for_each_peer(|provider| {
+            let answer = provider.checksum(payload);
             counters.calls.fetch_add(1, Relaxed);
-            if status == STATUS_SUCCESS && answer == expected {
+            if answer == Ok(expected) {
                 verified += 1;
             } else {
                 counters.mismatched.fetch_add(1, Relaxed);
-                self.core.trace(
-                    Event::PeerFault,
-                    Some(provider.binding().id()),
+                let (status, got) = match answer {
+                    Ok(got) => (STATUS_SUCCESS, got),
+                    Err(status) => (status, 0),
+                };
+                self.0.nmr().trace(&nmr_common::trace::Record {
+                    module: self.name(),
+                    binding: Some(provider.id()),
+                    event: Event::PeerFault,
                     status,
-                    Some(format_args!(
-                        "checksum answered {answer:#06x}, expected {expected:#06x}"
+                    detail: Some(format_args!(
+                        "checksum answered {got:#06x}, expected {expected:#06x}"
                     )),
-                );
+                });
             }
         });
         if verified != 0 {
             counters.verified.fetch_add(verified, Relaxed);
-        }
-        if refused != 0 {
-            counters.refused.fetch_add(refused as u64, Relaxed);
         }
         verified
     }
 
     /// Bindings currently linked (attached and not yet cleaned up).
     pub fn binding_count(&self) -> usize {
-        self.bindings.len()
+        self.0.binding_count()
     }
 
-    /// A snapshot of the counters.
+    /// A snapshot of the counters: the module's, and the library's binding
+    /// lifecycle counts.
     pub fn counts(&self) -> ClientCounts {
-        self.stats.snapshot()
-    }
-}
-
-impl<N: Nmr> Unload for ClientModule<N> {
-    fn unload(&self) -> NTSTATUS {
-        self.core.unload_client()
-    }
-}
-
-/// `ClientAttachProvider` (PASSIVE).
-///
-/// # Safety
-///
-/// Called by the NMR: `context` is the registered module, `provider` the
-/// provider's live registration instance.
-unsafe extern "system" fn attach_provider<N: Nmr>(
-    handle: HANDLE,
-    context: *mut c_void,
-    provider: *const NPI_REGISTRATION_INSTANCE,
-) -> NTSTATUS {
-    // SAFETY: the NMR passes back the context we registered: the module, which
-    // outlives its registration.
-    let module = unsafe { &*context.cast::<ClientModule<N>>() };
-    module.counters().offered.fetch_add(1, Relaxed);
-    // Traces name this binding by its NMR handle until the context exists.
-    module.core.trace(
-        Event::AttachOffered,
-        None,
-        STATUS_SUCCESS,
-        Some(format_args!("nmr-handle={handle:p}")),
-    );
-
-    // SAFETY: the NMR hands us the provider's registration instance, valid for the
-    // duration of this callback.
-    let version = match unsafe { module.core.check_peer(provider) } {
-        Ok(v) => v,
-        Err(why) => {
-            return module.core.decline(
-                &module.counters().declined,
-                handle,
-                STATUS_NOINTERFACE,
-                &why,
-            );
+        let life = self.0.life();
+        ClientCounts {
+            offered: life.offered,
+            attached: life.attached,
+            declined: life.declined,
+            cleaned_up: life.cleaned_up,
+            refused: life.refused,
+            ..self.0.stats.snapshot()
         }
-    };
-
-    let data = BindingData { module, version };
-    let Ok(binding) = ProviderBinding::for_client(
-        module.core.nmr().clone(),
-        module.bindings.slots(),
-        module.core.name(),
-        handle,
-        data,
-    ) else {
-        return module.core.decline(
-            &module.counters().declined,
-            handle,
-            STATUS_INSUFFICIENT_RESOURCES,
-            &"no memory for the binding or its rundown slots",
-        );
-    };
-    // The binding's place in our list, held now: once NmrClientAttachProvider
-    // succeeds the binding cannot be declined, so linking it must not fail.
-    let Ok(place) = module.bindings.reserve() else {
-        drop(binding);
-        return module.core.decline(
-            &module.counters().declined,
-            handle,
-            STATUS_INSUFFICIENT_RESOURCES,
-            &"no memory to list the binding",
-        );
-    };
-    let binding = Box::into_raw(binding);
-    let (mut peer_context, mut peer_dispatch) = (ptr::null_mut(), ptr::null());
-    // SAFETY: inside ClientAttachProvider for `handle`; our context and
-    // dispatch table live until cleanup (the table lives in the module); the
-    // out pointers are our locals.
-    let status = unsafe {
-        module.core.nmr().client_attach_provider(
-            handle,
-            binding.cast(),
-            (&raw const module.dispatch).cast(),
-            &mut peer_context,
-            &mut peer_dispatch,
-        )
-    };
-    if !nt_success(status) {
-        // R3: a failed attach has no detach and no cleanup: we free it (and
-        // give its place in the list back).
-        // SAFETY: the binding came from `Box::into_raw`, and the provider
-        // declined, so nobody else has it.
-        drop(unsafe { Box::from_raw(binding) });
-        return module.core.decline(
-            &module.counters().declined,
-            handle,
-            status,
-            &"the provider declined",
-        );
-    }
-    // SAFETY: attached, and no detach (so no cleanup) can come before this
-    // callback returns. Shared only: the provider may already be notifying.
-    let binding_ref = unsafe { &*binding };
-    let id = binding_ref.id();
-    // SAFETY: the provider wrote its table's address; the check reads the
-    // header first and never past the size it declares. The table stays valid
-    // until cleanup.
-    match unsafe { check_dispatch::<ProviderDispatch>(peer_dispatch, version) } {
-        Ok(table) => binding_ref.publish_peer(peer_context, table),
-        // Too late to decline: the binding exists. It is never published, so
-        // never called, and is detached and cleaned up like any other.
-        Err(why) => module.core.trace(
-            Event::PeerFault,
-            Some(id),
-            STATUS_NOINTERFACE,
-            Some(format_args!("{why}; binding unused")),
-        ),
-    }
-    // SAFETY: `binding` (from `Box::into_raw`, so non-null) stays valid
-    // until cleanup, which unlinks it first.
-    unsafe { place.link(NonNull::new_unchecked(binding)) };
-    module.counters().attached.fetch_add(1, Relaxed);
-    module.core.trace(
-        Event::AttachAccepted,
-        Some(id),
-        status,
-        Some(format_args!("nmr-handle={handle:p} version={version}")),
-    );
-    status
-}
-
-/// `ClientCleanupBindingContext` (<= DISPATCH): unlinks and frees.
-///
-/// # Safety
-///
-/// Called by the NMR once, after both sides completed detaching.
-unsafe extern "system" fn cleanup_binding<N: Nmr>(context: *mut c_void) {
-    let Some(binding) = NonNull::new(context.cast::<ProviderBinding<N>>()) else {
-        return;
-    };
-    // SAFETY: live until `destroy` below; the module outlives its bindings.
-    let module = unsafe { &*binding.as_ref().data.module };
-    module.bindings.remove(binding);
-    module.counters().cleaned_up.fetch_add(1, Relaxed);
-    // SAFETY: both sides completed, and it is unlinked: nothing refers to it.
-    unsafe { ProviderBinding::destroy(binding) };
-}
-
-/// `notify`, the client's dispatch function (<= DISPATCH): counts the event.
-///
-/// # Safety
-///
-/// Called by a provider with the client binding context it was given.
-unsafe extern "system" fn notify<N: Nmr>(context: *mut c_void, event: u32, value: u64) {
-    let Some(binding) = NonNull::new(context.cast::<ProviderBinding<N>>()) else {
-        return;
-    };
-    // SAFETY: the provider may call until both sides completed detaching, and
-    // the binding is freed only at cleanup, after that.
-    let binding = unsafe { binding.as_ref() };
-    // SAFETY: the module outlives its bindings.
-    let module = unsafe { &*binding.data.module };
-    module.core.nmr().incoming_call(binding.handle());
-    module.counters().notifications.fetch_add(1, Relaxed);
-    let _ = (event, value);
-    if module.config.notify_delay_us != 0 {
-        module.core.nmr().delay(module.config.notify_delay_us);
     }
 }
 
-use alloc::boxed::Box;
+impl<N: Nmr> Unload for Client<N> {
+    fn unload(&self) -> NTSTATUS {
+        self.0.unload()
+    }
+}

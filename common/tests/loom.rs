@@ -744,10 +744,14 @@ fn new_binding(nmr: &MockNmr, side: usize) -> Shared<TestBinding> {
     let data = Data {
         payload: UnsafeCell::new(LIVE),
     };
+    // SAFETY: `handle` is the handle the mock NMR completes for `side`, the
+    // binding is linked to it below (the mock's detach and cleanup use it),
+    // and the arena `nmr.0.slots` lives as long as the mock, which outlives
+    // every binding of the model.
     let binding = if side == CLIENT {
-        Binding::for_client(nmr.clone(), &nmr.0.slots, "loom", handle, data)
+        unsafe { Binding::for_client(nmr.clone(), &nmr.0.slots, "loom", handle, data) }
     } else {
-        Binding::for_provider(nmr.clone(), &nmr.0.slots, "loom", handle, data)
+        unsafe { Binding::for_provider(nmr.clone(), &nmr.0.slots, "loom", handle, data) }
     };
     let binding = binding.unwrap_or_else(|_| panic!("out of memory"));
     let shared = Shared::new(binding);
@@ -759,8 +763,11 @@ fn new_binding(nmr: &MockNmr, side: usize) -> Shared<TestBinding> {
 /// calls through it.
 fn publish_peer(binding: Shared<TestBinding>, peer_context: *mut c_void) {
     // SAFETY: the binding is live: the models free it only after the threads
-    // that use it started.
-    unsafe { binding.get() }.publish_peer(peer_context, &TABLE);
+    // that use it started. `TABLE` is a `'static` table that passes the
+    // dispatch check, and `peer_context` is the context each model calls it
+    // with.
+    unsafe { binding.get().publish_peer(peer_context, &TABLE) }
+        .expect("each model publishes a binding's peer once");
 }
 
 /// Reads a live binding's payload (loom checks it is ordered before the free).

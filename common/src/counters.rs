@@ -68,7 +68,7 @@ impl<C: Counters> PerProcessorCounters<C> {
 macro_rules! counters {
     (
         $(#[$meta:meta])*
-        pub struct $live:ident => $snapshot:ident {
+        pub struct $live:ident => $(#[$snapshot_meta:meta])* $snapshot:ident {
             $( $(#[$field_meta:meta])* $field:ident, )*
         }
     ) => {
@@ -79,6 +79,7 @@ macro_rules! counters {
         }
 
         #[doc = concat!("A snapshot of [`", stringify!($live), "`].")]
+        $(#[$snapshot_meta])*
         #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
         pub struct $snapshot {
             $( $(#[$field_meta])* pub $field: u64, )*

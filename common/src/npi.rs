@@ -39,6 +39,13 @@ impl VersionRange {
     };
 
     /// The highest version both ranges contain, if any.
+    ///
+    /// ```
+    /// use nmr_common::npi::VersionRange;
+    /// let ours = VersionRange { min: 1, max: 3 };
+    /// assert_eq!(ours.negotiate(VersionRange { min: 2, max: 5 }), Some(3));
+    /// assert_eq!(ours.negotiate(VersionRange { min: 4, max: 5 }), None);
+    /// ```
     pub fn negotiate(self, peer: VersionRange) -> Option<u16> {
         let lo = self.min.max(peer.min);
         let hi = self.max.min(peer.max);
@@ -270,6 +277,15 @@ pub unsafe fn check_dispatch<'a, T: DispatchTable>(
 /// The RFC 1071 Internet checksum: the ones' complement of the ones'
 /// complement sum of the data as big-endian 16-bit words (an odd last byte is
 /// padded with zero).
+///
+/// ```
+/// use nmr_common::npi::internet_checksum;
+/// // RFC 1071, section 3: these words sum to 0xddf2; the checksum is its
+/// // ones' complement.
+/// assert_eq!(internet_checksum(&[0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7]), !0xddf2);
+/// // An odd last byte counts as the high byte of a word.
+/// assert_eq!(internet_checksum(&[0x12]), !0x1200);
+/// ```
 pub fn internet_checksum(data: &[u8]) -> u16 {
     let mut sum: u64 = 0;
     let mut words = data.chunks_exact(2);

@@ -23,6 +23,13 @@
 //! contexts' ownership) live in this crate and in `nmr-common`, each with its
 //! `SAFETY` comment.
 //!
+//! The examples on the items below run on the model NMR (`nmr-sim`). Most
+//! load the pair of `examples/pair`: `provider::load` registers `Summer`, a
+//! checksum provider, and `client::load` registers `Asker`, a client that
+//! keeps the agreed version per binding (about 80 lines each). Those of
+//! [`Callee`] load `doc/recorder.rs`, a client whose `notify` handler
+//! records what its `Callee` showed it.
+//!
 //! # Example
 //!
 //! A client that attaches to every provider of the checksum NPI, on the model
@@ -85,6 +92,27 @@ pub use nmr_common::nmr::Nmr;
 
 /// An NPI: its id and the types of its two dispatch tables. Defined once, by
 /// the NPI's own crate.
+///
+/// The checksum NPI of `nmr-checksum-npi` is defined this way. A new NPI
+/// has an id of its own and two `repr(C)` tables of its own, each starting
+/// with a [`nmr_common::npi::DispatchHeader`]; here, for brevity, an NPI that
+/// reuses the checksum tables under another id:
+///
+/// ```
+/// use nmr::Npi;
+/// use nmr_checksum_npi::{ChecksumNpi, ClientDispatch, NPI_ID, ProviderDispatch};
+/// use nmr_common::ffi::NPIID;
+///
+/// struct SameTablesOtherId;
+/// static OTHER_ID: NPIID = NPIID::from_u128(0x0123_4567_89ab_4def_8000_0000_0000_0042);
+/// impl Npi for SameTablesOtherId {
+///     const ID: &'static NPIID = &OTHER_ID;
+///     type ClientTable = ClientDispatch;
+///     type ProviderTable = ProviderDispatch;
+/// }
+/// assert_eq!(*ChecksumNpi::ID, NPI_ID);
+/// assert_ne!(*SameTablesOtherId::ID, *ChecksumNpi::ID);
+/// ```
 pub trait Npi: 'static {
     /// The NPI id both sides register with.
     const ID: &'static NPIID;
@@ -96,6 +124,22 @@ pub trait Npi: 'static {
 
 /// Who a module is: its name in trace lines, its module id and the NPI
 /// versions it speaks.
+///
+/// ```
+/// use nmr::Identity;
+/// use nmr_common::ffi::GUID;
+/// use nmr_common::npi::{NPI_VERSION, VersionRange};
+///
+/// // The usual case: the current version only.
+/// let asker = Identity::new("asker", GUID::from_u128(0x5eed_0001));
+/// assert_eq!(asker.versions, VersionRange { min: NPI_VERSION, max: NPI_VERSION });
+/// // A module that also speaks the version before says so.
+/// let tolerant = Identity {
+///     versions: VersionRange { min: NPI_VERSION - 1, max: NPI_VERSION },
+///     ..Identity::new("tolerant", GUID::from_u128(0x5eed_0002))
+/// };
+/// assert_eq!(tolerant.name, "tolerant");
+/// ```
 #[derive(Clone, Copy, Debug)]
 pub struct Identity {
     /// Name in trace lines.
@@ -108,6 +152,14 @@ pub struct Identity {
 
 impl Identity {
     /// A module speaking the current version only ([`VersionRange::CURRENT`]).
+    ///
+    /// ```
+    /// use nmr_common::ffi::GUID;
+    /// use nmr_common::npi::VersionRange;
+    /// let id = nmr::Identity::new("asker", GUID::from_u128(7));
+    /// assert_eq!(id.versions, VersionRange::CURRENT);
+    /// assert_eq!(id.module_id, GUID::from_u128(7));
+    /// ```
     pub const fn new(name: &'static str, module_id: GUID) -> Self {
         Identity {
             name,
@@ -119,6 +171,20 @@ impl Identity {
 
 /// What an attach callback is offered: a peer whose registration the library
 /// has checked (NPI id, module id, an overlapping version range).
+///
+/// The pair's client keeps the offered version as its binding state
+/// (`Seen`), which its calls read back through [`Peer::state`]:
+///
+/// ```
+/// # #[path = "../examples/pair/provider.rs"] mod provider;
+/// # #[path = "../examples/pair/client.rs"] mod client;
+/// let sim = nmr_sim::Sim::new(nmr_sim::Config::default());
+/// let provider = provider::load(&sim);
+/// let client = client::load(&sim);
+/// client.for_each_peer(|peer| {
+///     assert_eq!(peer.state().version, nmr_checksum_npi::NPI_VERSION);
+/// });
+/// ```
 #[derive(Clone, Copy, Debug)]
 pub struct Offer {
     version: u16,
@@ -126,6 +192,16 @@ pub struct Offer {
 
 impl Offer {
     /// The NPI version both sides will speak on this binding.
+    ///
+    /// ```
+    /// # #[path = "../examples/pair/provider.rs"] mod provider;
+    /// # #[path = "../examples/pair/client.rs"] mod client;
+    /// let sim = nmr_sim::Sim::new(nmr_sim::Config::default());
+    /// let provider = provider::load(&sim);
+    /// let client = client::load(&sim);
+    /// // `Asker::attach` kept `offer.version()` as the binding's state.
+    /// client.for_each_peer(|peer| assert_eq!(peer.state().version, peer.version()));
+    /// ```
     pub fn version(&self) -> u16 {
         self.version
     }
@@ -149,6 +225,13 @@ pub enum Decline {
 
 impl Decline {
     /// The status the attach callback returns.
+    ///
+    /// ```
+    /// use nmr::Decline;
+    /// use nmr_common::ffi::STATUS_NOINTERFACE;
+    /// let why = Decline::NoInterface("this client wants version 2");
+    /// assert_eq!(why.status(), STATUS_NOINTERFACE);
+    /// ```
     pub fn status(&self) -> NTSTATUS {
         match self {
             Decline::NoInterface(_) => STATUS_NOINTERFACE,
@@ -164,6 +247,38 @@ impl Decline {
 }
 
 /// An NPI client module: attaches to providers of its NPI.
+///
+/// `examples/pair/client.rs` is one. A client that declines every provider:
+///
+/// ```
+/// # #[path = "../examples/pair/provider.rs"] mod provider;
+/// use nmr::{ClientModule, Decline, Offer};
+/// use nmr_checksum_npi::{ChecksumNpi, ClientDispatch, Notify};
+///
+/// struct Picky;
+/// impl ClientModule for Picky {
+///     type Nmr = nmr_sim::Sim;
+///     type Npi = ChecksumNpi;
+///     type Binding = ();
+///     fn dispatch() -> ClientDispatch {
+///         nmr_checksum_npi::client_table::<Self>()
+///     }
+///     fn attach(&self, offer: &Offer) -> Result<(), Decline> {
+///         Err(Decline::NoInterface(if offer.version() < 9 { "too old" } else { "not today" }))
+///     }
+/// }
+/// impl Notify for Picky {
+///     fn notify(_: &nmr::Callee<'_, nmr::AsClient<Self>>, _: u32, _: u64) {}
+/// }
+///
+/// let sim = nmr_sim::Sim::new(nmr_sim::Config::default());
+/// let provider = provider::load(&sim);
+/// let id = nmr::Identity::new("picky", nmr_common::ffi::GUID::from_u128(0x5eed_0009));
+/// let picky = nmr::Client::register(sim.clone(), id, Picky).expect("registers");
+/// // Offered the provider, declined it: no binding on either side.
+/// assert_eq!((picky.life().offered, picky.life().declined), (1, 1));
+/// assert_eq!((picky.binding_count(), provider.binding_count()), (0, 0));
+/// ```
 pub trait ClientModule: Send + Sync + Sized + 'static {
     /// The NMR it runs on (the kernel's, or the model).
     type Nmr: Nmr;
@@ -174,13 +289,93 @@ pub trait ClientModule: Send + Sync + Sized + 'static {
     type Binding: Send + Sync + 'static;
     /// Its dispatch table, as providers see it: built by the NPI crate from
     /// the module's handlers (for example `nmr_checksum_npi::client_table`).
+    ///
+    /// ```
+    /// # #[path = "../examples/pair/client.rs"] mod client;
+    /// use nmr::ClientModule;
+    /// use nmr_checksum_npi::{ClientDispatch, NPI_VERSION};
+    /// let table = client::Asker::dispatch();
+    /// assert_eq!(table.header.version, NPI_VERSION);
+    /// assert_eq!(usize::from(table.header.size), size_of::<ClientDispatch>());
+    /// ```
     fn dispatch() -> <Self::Npi as Npi>::ClientTable;
     /// A provider is offered (PASSIVE_LEVEL): its state for the binding, or
     /// why not.
+    ///
+    /// A [`Decline`] is traced with its reason, counted in
+    /// [`LifeCounts::declined`] and returned to the NMR as its status.
+    ///
+    /// ```
+    /// # #[path = "../examples/pair/provider.rs"] mod provider;
+    /// use nmr::{ClientModule, Decline, Offer};
+    /// use nmr_checksum_npi::{ChecksumNpi, ClientDispatch, Notify};
+    ///
+    /// struct Picky;
+    /// impl ClientModule for Picky {
+    ///     type Nmr = nmr_sim::Sim;
+    ///     type Npi = ChecksumNpi;
+    ///     type Binding = ();
+    ///     fn dispatch() -> ClientDispatch {
+    ///         nmr_checksum_npi::client_table::<Self>()
+    ///     }
+    ///     fn attach(&self, offer: &Offer) -> Result<(), Decline> {
+    ///         Err(Decline::NoInterface(if offer.version() < 9 { "too old" } else { "not today" }))
+    ///     }
+    /// }
+    /// impl Notify for Picky {
+    ///     fn notify(_: &nmr::Callee<'_, nmr::AsClient<Self>>, _: u32, _: u64) {}
+    /// }
+    ///
+    /// let sim = nmr_sim::Sim::new(nmr_sim::Config::default());
+    /// let provider = provider::load(&sim);
+    /// let id = nmr::Identity::new("picky", nmr_common::ffi::GUID::from_u128(0x5eed_0009));
+    /// let picky = nmr::Client::register(sim.clone(), id, Picky).expect("registers");
+    /// // Offered the provider, declined it: no binding on either side.
+    /// assert_eq!((picky.life().offered, picky.life().declined), (1, 1));
+    /// assert_eq!((picky.binding_count(), provider.binding_count()), (0, 0));
+    /// ```
     fn attach(&self, offer: &Offer) -> Result<Self::Binding, Decline>;
 }
 
 /// An NPI provider module: serves clients of its NPI.
+///
+/// `examples/pair/provider.rs` is one. A provider that turns every client
+/// away:
+///
+/// ```
+/// # #[path = "../examples/pair/client.rs"] mod client;
+/// use nmr::{AsProvider, Callee, Decline, Offer, ProviderModule};
+/// use nmr_checksum_npi::{ChecksumNpi, ProviderDispatch, Serve};
+/// use nmr_common::ffi::{NTSTATUS, STATUS_INVALID_PARAMETER};
+///
+/// struct Full;
+/// impl ProviderModule for Full {
+///     type Nmr = nmr_sim::Sim;
+///     type Npi = ChecksumNpi;
+///     type Binding = ();
+///     fn dispatch() -> ProviderDispatch {
+///         nmr_checksum_npi::provider_table::<Self>()
+///     }
+///     fn attach(&self, _: &Offer) -> Result<(), Decline> {
+///         Err(Decline::NoMemory("no room for another client"))
+///     }
+/// }
+/// impl Serve for Full {
+///     fn features(_: &Callee<'_, AsProvider<Self>>) -> u32 {
+///         0
+///     }
+///     fn checksum(_: &Callee<'_, AsProvider<Self>>, _: &[u8]) -> Result<u16, NTSTATUS> {
+///         Err(STATUS_INVALID_PARAMETER)
+///     }
+/// }
+///
+/// let sim = nmr_sim::Sim::new(nmr_sim::Config::default());
+/// let id = nmr::Identity::new("full", nmr_common::ffi::GUID::from_u128(0x5eed_000a));
+/// let full = nmr::Provider::register(sim.clone(), id, Full).expect("registers");
+/// let client = client::load(&sim);
+/// assert_eq!((full.life().offered, full.life().declined), (1, 1));
+/// assert_eq!(client.binding_count(), 0);
+/// ```
 pub trait ProviderModule: Send + Sync + Sized + 'static {
     /// The NMR it runs on.
     type Nmr: Nmr;
@@ -190,9 +385,56 @@ pub trait ProviderModule: Send + Sync + Sized + 'static {
     /// the NMR may run at DISPATCH_LEVEL: its `Drop` must not block.
     type Binding: Send + Sync + 'static;
     /// Its dispatch table, as clients see it: built by the NPI crate.
+    ///
+    /// ```
+    /// # #[path = "../examples/pair/provider.rs"] mod provider;
+    /// use nmr::ProviderModule;
+    /// use nmr_checksum_npi::{NPI_VERSION, ProviderDispatch};
+    /// let table = provider::Summer::dispatch();
+    /// assert_eq!(table.header.version, NPI_VERSION);
+    /// assert_eq!(usize::from(table.header.size), size_of::<ProviderDispatch>());
+    /// ```
     fn dispatch() -> <Self::Npi as Npi>::ProviderTable;
     /// A client is offered (PASSIVE_LEVEL): its state for the binding, or
     /// why not. The client's dispatch table has already been checked.
+    ///
+    /// A [`Decline`] is traced with its reason, counted in
+    /// [`LifeCounts::declined`] and returned to the NMR as its status.
+    ///
+    /// ```
+    /// # #[path = "../examples/pair/client.rs"] mod client;
+    /// use nmr::{AsProvider, Callee, Decline, Offer, ProviderModule};
+    /// use nmr_checksum_npi::{ChecksumNpi, ProviderDispatch, Serve};
+    /// use nmr_common::ffi::{NTSTATUS, STATUS_INVALID_PARAMETER};
+    ///
+    /// struct Full;
+    /// impl ProviderModule for Full {
+    ///     type Nmr = nmr_sim::Sim;
+    ///     type Npi = ChecksumNpi;
+    ///     type Binding = ();
+    ///     fn dispatch() -> ProviderDispatch {
+    ///         nmr_checksum_npi::provider_table::<Self>()
+    ///     }
+    ///     fn attach(&self, _: &Offer) -> Result<(), Decline> {
+    ///         Err(Decline::NoMemory("no room for another client"))
+    ///     }
+    /// }
+    /// impl Serve for Full {
+    ///     fn features(_: &Callee<'_, AsProvider<Self>>) -> u32 {
+    ///         0
+    ///     }
+    ///     fn checksum(_: &Callee<'_, AsProvider<Self>>, _: &[u8]) -> Result<u16, NTSTATUS> {
+    ///         Err(STATUS_INVALID_PARAMETER)
+    ///     }
+    /// }
+    ///
+    /// let sim = nmr_sim::Sim::new(nmr_sim::Config::default());
+    /// let id = nmr::Identity::new("full", nmr_common::ffi::GUID::from_u128(0x5eed_000a));
+    /// let full = nmr::Provider::register(sim.clone(), id, Full).expect("registers");
+    /// let client = client::load(&sim);
+    /// assert_eq!((full.life().offered, full.life().declined), (1, 1));
+    /// assert_eq!(client.binding_count(), 0);
+    /// ```
     fn attach(&self, offer: &Offer) -> Result<Self::Binding, Decline>;
 }
 
@@ -202,6 +444,21 @@ mod sealed {
 
 /// One side of an NPI, as the library drives it: [`AsClient`] or
 /// [`AsProvider`] of a module. Sealed: implemented here only.
+///
+/// Code that serves either side of a registration is generic over it:
+///
+/// ```
+/// # #[path = "../examples/pair/provider.rs"] mod provider;
+/// # #[path = "../examples/pair/client.rs"] mod client;
+/// let sim = nmr_sim::Sim::new(nmr_sim::Config::default());
+/// let provider = provider::load(&sim);
+/// let client = client::load(&sim);
+/// fn bound<R: nmr::Role>(registration: &nmr::Registration<R>) -> String {
+///     format!("{}: {} binding(s)", registration.name(), registration.binding_count())
+/// }
+/// assert_eq!(bound(&provider), "summer: 1 binding(s)");
+/// assert_eq!(bound(&client), "asker: 1 binding(s)");
+/// ```
 pub trait Role: sealed::Sealed + Send + Sync + Sized + 'static {
     /// The module's own type.
     type Module: Send + Sync + 'static;
@@ -238,8 +495,31 @@ pub trait Role: sealed::Sealed + Send + Sync + Sized + 'static {
 }
 
 /// A [`ClientModule`] in the client's role.
+///
+/// It names a client's registration, peers and callees:
+///
+/// ```
+/// # #[path = "../examples/pair/provider.rs"] mod provider;
+/// # #[path = "../examples/pair/client.rs"] mod client;
+/// let sim = nmr_sim::Sim::new(nmr_sim::Config::default());
+/// let client: nmr::Registration<nmr::AsClient<client::Asker>> = client::load(&sim);
+/// assert_eq!(client.binding_count(), 0); // no provider yet
+/// ```
 pub struct AsClient<M>(PhantomData<fn() -> M>);
 /// A [`ProviderModule`] in the provider's role.
+///
+/// It names a provider's registration, peers and callees:
+///
+/// ```
+/// # #[path = "../examples/pair/provider.rs"] mod provider;
+/// # #[path = "../examples/pair/client.rs"] mod client;
+/// let sim = nmr_sim::Sim::new(nmr_sim::Config::default());
+/// let provider: nmr::Registration<nmr::AsProvider<provider::Summer>> = provider::load(&sim);
+/// let _client = client::load(&sim);
+/// provider.for_each_peer(|peer: nmr::Peer<'_, nmr::AsProvider<provider::Summer>>| {
+///     assert_eq!(peer.version(), nmr_checksum_npi::NPI_VERSION);
+/// });
+/// ```
 pub struct AsProvider<M>(PhantomData<fn() -> M>);
 
 impl<M> sealed::Sealed for AsClient<M> {}
@@ -326,8 +606,25 @@ impl<M: ProviderModule> Role for AsProvider<M> {
 }
 
 nmr_common::counters! {
-    /// What the library counted for one registration (monotonic).
-    pub struct LifeStats => LifeCounts {
+    /// What the library counted for one registration (monotonic), per
+    /// processor: [`Registration::life`] adds them up into a [`LifeCounts`].
+    pub struct LifeStats =>
+    ///
+    /// ```
+    /// # #[path = "../examples/pair/provider.rs"] mod provider;
+    /// # #[path = "../examples/pair/client.rs"] mod client;
+    /// let sim = nmr_sim::Sim::new(nmr_sim::Config::default());
+    /// let provider = provider::load(&sim);
+    /// let client = client::load(&sim);
+    /// let before = client.life();
+    /// assert_eq!((before.offered, before.attached, before.cleaned_up), (1, 1, 0));
+    /// drop(provider); // deregisters: the binding is detached and cleaned up
+    /// let mut after = client.life();
+    /// assert_eq!((after.attached, after.cleaned_up), (1, 1));
+    /// after.add(&before);
+    /// assert_eq!(after.offered, 2);
+    /// ```
+    LifeCounts {
         /// Peers offered by the NMR.
         offered,
         /// Bindings made.
@@ -360,6 +657,14 @@ unsafe impl<R: Role> Send for Slot<R> {}
 
 /// The binding context the library hands the NMR for one binding of `R`
 /// (exported for size measurements only).
+///
+/// ```
+/// # #[path = "../examples/pair/client.rs"] mod client;
+/// use nmr::{AsClient, BindingContext};
+/// // The library's part of a binding, plus the client's own state (`Seen`).
+/// let bytes = size_of::<BindingContext<AsClient<client::Asker>>>();
+/// assert!(bytes > size_of::<client::Seen>());
+/// ```
 pub type BindingContext<R> = BindingOf<R>;
 
 type BindingOf<R> = Binding<<R as Role>::Nmr, <R as Role>::Peer, Slot<R>>;
@@ -490,14 +795,48 @@ pub struct Registration<R: Role> {
 }
 
 /// A registered [`ClientModule`].
+///
+/// ```
+/// # #[path = "../examples/pair/provider.rs"] mod provider;
+/// # #[path = "../examples/pair/client.rs"] mod client;
+/// let sim = nmr_sim::Sim::new(nmr_sim::Config::default());
+/// let provider = provider::load(&sim);
+/// let client = client::load(&sim);
+/// let client: &nmr::Client<client::Asker> = &client;
+/// assert_eq!(client.binding_count(), 1);
+/// ```
 pub type Client<M> = Registration<AsClient<M>>;
 /// A registered [`ProviderModule`].
+///
+/// ```
+/// # #[path = "../examples/pair/provider.rs"] mod provider;
+/// # #[path = "../examples/pair/client.rs"] mod client;
+/// let sim = nmr_sim::Sim::new(nmr_sim::Config::default());
+/// let provider = provider::load(&sim);
+/// let client = client::load(&sim);
+/// let provider: &nmr::Provider<provider::Summer> = &provider;
+/// assert_eq!(provider.binding_count(), 1);
+/// ```
 pub type Provider<M> = Registration<AsProvider<M>>;
 
 impl<R: Role> Registration<R> {
     /// Registers `module` (PASSIVE): peers already registered are offered
     /// to it before this returns. `Err` is the NMR's status, or
     /// `STATUS_INSUFFICIENT_RESOURCES`.
+    ///
+    /// ```
+    /// # #[path = "../examples/pair/provider.rs"] mod provider;
+    /// # #[path = "../examples/pair/client.rs"] mod client;
+    /// use nmr::Identity;
+    /// let sim = nmr_sim::Sim::new(nmr_sim::Config::default());
+    /// let _provider = provider::load(&sim);
+    /// let id = Identity::new("asker", client::ID);
+    /// match nmr::Client::register(sim.clone(), id, client::Asker::default()) {
+    ///     // The provider registered first: it was offered before `register` returned.
+    ///     Ok(client) => assert_eq!(client.binding_count(), 1),
+    ///     Err(status) => panic!("the NMR refused the client: {status:#x}"),
+    /// }
+    /// ```
     pub fn register(nmr: R::Nmr, identity: Identity, module: R::Module) -> Result<Self, NTSTATUS> {
         let bindings =
             BindingSet::try_new(nmr.clone()).map_err(|_| STATUS_INSUFFICIENT_RESOURCES)?;
@@ -539,16 +878,48 @@ impl<R: Role> Registration<R> {
     }
 
     /// The module.
+    ///
+    /// ```
+    /// # #[path = "../examples/pair/provider.rs"] mod provider;
+    /// # #[path = "../examples/pair/client.rs"] mod client;
+    /// let sim = nmr_sim::Sim::new(nmr_sim::Config::default());
+    /// let provider = provider::load(&sim);
+    /// let client = client::load(&sim);
+    /// // A `Registration` also derefs to its module.
+    /// assert!(std::ptr::eq(provider.module(), &*provider));
+    /// assert_eq!(client::ask_all(&client, b"abc").len(), 1);
+    /// assert_eq!(provider::served(&provider), 1);
+    /// ```
     pub fn module(&self) -> &R::Module {
         &self.inner.module
     }
 
     /// The NMR it runs on.
+    ///
+    /// ```
+    /// # #[path = "../examples/pair/provider.rs"] mod provider;
+    /// # #[path = "../examples/pair/client.rs"] mod client;
+    /// let sim = nmr_sim::Sim::new(nmr_sim::Config::default());
+    /// let provider = provider::load(&sim);
+    /// let client = client::load(&sim);
+    /// use nmr::Nmr;
+    /// assert_eq!(client.nmr().processor_count(), sim.processor_count());
+    /// assert!(client.nmr().violations().is_empty());
+    /// ```
     pub fn nmr(&self) -> &R::Nmr {
         self.inner.core.nmr()
     }
 
     /// The module's name.
+    ///
+    /// ```
+    /// # #[path = "../examples/pair/provider.rs"] mod provider;
+    /// # #[path = "../examples/pair/client.rs"] mod client;
+    /// let sim = nmr_sim::Sim::new(nmr_sim::Config::default());
+    /// let provider = provider::load(&sim);
+    /// let client = client::load(&sim);
+    /// assert_eq!((provider.name(), client.name()), ("summer", "asker"));
+    /// ```
     pub fn name(&self) -> &'static str {
         self.inner.core.name()
     }
@@ -556,6 +927,19 @@ impl<R: Role> Registration<R> {
     /// Calls `f` with each attached peer that can be called now, the call
     /// counted in flight until the [`Peer`] is dropped; returns how many
     /// peers refused (detaching). Never blocks (any IRQL <= DISPATCH).
+    ///
+    /// ```
+    /// # #[path = "../examples/pair/provider.rs"] mod provider;
+    /// # #[path = "../examples/pair/client.rs"] mod client;
+    /// let sim = nmr_sim::Sim::new(nmr_sim::Config::default());
+    /// let provider = provider::load(&sim);
+    /// let client = client::load(&sim);
+    /// use nmr_checksum_npi::{ProviderCalls, internet_checksum};
+    /// let mut answers = Vec::new();
+    /// let refused = client.for_each_peer(|provider| answers.push(provider.checksum(b"abc")));
+    /// assert_eq!(refused, 0);
+    /// assert_eq!(answers, [Ok(internet_checksum(b"abc"))]);
+    /// ```
     pub fn for_each_peer(&self, mut f: impl FnMut(Peer<'_, R>)) -> usize {
         let refused = self.inner.bindings.for_each_call(|call| f(Peer { call }));
         if refused != 0 {
@@ -565,17 +949,51 @@ impl<R: Role> Registration<R> {
     }
 
     /// Bindings attached and not yet cleaned up.
+    ///
+    /// ```
+    /// # #[path = "../examples/pair/provider.rs"] mod provider;
+    /// # #[path = "../examples/pair/client.rs"] mod client;
+    /// let sim = nmr_sim::Sim::new(nmr_sim::Config::default());
+    /// let provider = provider::load(&sim);
+    /// let client = client::load(&sim);
+    /// assert_eq!((provider.binding_count(), client.binding_count()), (1, 1));
+    /// client.unload();
+    /// assert_eq!((provider.binding_count(), client.binding_count()), (0, 0));
+    /// ```
     pub fn binding_count(&self) -> usize {
         self.inner.bindings.len()
     }
 
     /// The library's counters for this registration.
+    ///
+    /// ```
+    /// # #[path = "../examples/pair/provider.rs"] mod provider;
+    /// # #[path = "../examples/pair/client.rs"] mod client;
+    /// let sim = nmr_sim::Sim::new(nmr_sim::Config::default());
+    /// let provider = provider::load(&sim);
+    /// let client = client::load(&sim);
+    /// let life = provider.life();
+    /// assert_eq!((life.offered, life.attached, life.declined), (1, 1, 0));
+    /// ```
     pub fn life(&self) -> LifeCounts {
         self.inner.life.snapshot()
     }
 
     /// Deregisters and waits (PASSIVE), once: later calls answer the same
     /// status. The module stays readable until the registration is dropped.
+    ///
+    /// ```
+    /// # #[path = "../examples/pair/provider.rs"] mod provider;
+    /// # #[path = "../examples/pair/client.rs"] mod client;
+    /// let sim = nmr_sim::Sim::new(nmr_sim::Config::default());
+    /// let provider = provider::load(&sim);
+    /// let client = client::load(&sim);
+    /// use nmr_common::ffi::STATUS_SUCCESS;
+    /// assert_eq!(client.unload(), STATUS_SUCCESS);
+    /// assert_eq!(client.unload(), STATUS_SUCCESS); // once: the same answer again
+    /// assert_eq!(provider.binding_count(), 0);
+    /// assert!(sim.violations().is_empty());
+    /// ```
     pub fn unload(&self) -> NTSTATUS {
         self.inner.unload()
     }
@@ -591,6 +1009,20 @@ impl<R: Role> core::ops::Deref for Registration<R> {
 /// One call in flight into an attached peer: its dispatch table (checked)
 /// and its binding context, reachable only while the call is counted. The
 /// NPI crate wraps the table's functions as safe methods on it.
+///
+/// ```
+/// # #[path = "../examples/pair/provider.rs"] mod provider;
+/// # #[path = "../examples/pair/client.rs"] mod client;
+/// let sim = nmr_sim::Sim::new(nmr_sim::Config::default());
+/// let provider = provider::load(&sim);
+/// let client = client::load(&sim);
+/// use nmr_checksum_npi::{ClientCalls, ProviderCalls, internet_checksum};
+/// // A client's peers are providers, a provider's peers are clients: the NPI
+/// // crate gives each kind of `Peer` the calls of the other side's table.
+/// client.for_each_peer(|provider| assert_eq!(provider.checksum(b"x"), Ok(internet_checksum(b"x"))));
+/// provider.for_each_peer(|client| client.notify(nmr_checksum_npi::EVENT_CALL_COUNT, 1));
+/// assert_eq!(client::notifications(&client), 1);
+/// ```
 pub struct Peer<'a, R: Role> {
     call: PeerCall<'a, R::Nmr, R::Peer, Slot<R>>,
 }
@@ -598,27 +1030,82 @@ pub struct Peer<'a, R: Role> {
 impl<R: Role> Peer<'_, R> {
     /// The peer's dispatch table: it passed the version and size checks, and
     /// stays valid at least while this call is counted.
+    ///
+    /// ```
+    /// # #[path = "../examples/pair/provider.rs"] mod provider;
+    /// # #[path = "../examples/pair/client.rs"] mod client;
+    /// let sim = nmr_sim::Sim::new(nmr_sim::Config::default());
+    /// let provider = provider::load(&sim);
+    /// let client = client::load(&sim);
+    /// // What the NPI crate's call wrappers use; a module has no need to.
+    /// client.for_each_peer(|provider| {
+    ///     assert_eq!(provider.table().header.version, nmr_checksum_npi::NPI_VERSION);
+    /// });
+    /// ```
     pub fn table(&self) -> &R::Peer {
         self.call.dispatch()
     }
 
     /// The peer's binding context, to pass to the functions of
     /// [`Peer::table`] (it belongs with that table: published together, once).
+    ///
+    /// ```
+    /// # #[path = "../examples/pair/provider.rs"] mod provider;
+    /// # #[path = "../examples/pair/client.rs"] mod client;
+    /// let sim = nmr_sim::Sim::new(nmr_sim::Config::default());
+    /// let provider = provider::load(&sim);
+    /// let client = client::load(&sim);
+    /// // The context goes with `table()`: what the NPI crate's wrappers pass.
+    /// client.for_each_peer(|provider| assert!(!provider.context().is_null()));
+    /// ```
     pub fn context(&self) -> *mut c_void {
         self.call.context()
     }
 
     /// Our state for this binding.
+    ///
+    /// ```
+    /// # #[path = "../examples/pair/provider.rs"] mod provider;
+    /// # #[path = "../examples/pair/client.rs"] mod client;
+    /// let sim = nmr_sim::Sim::new(nmr_sim::Config::default());
+    /// let provider = provider::load(&sim);
+    /// let client = client::load(&sim);
+    /// // `Asker` keeps a `Seen` per binding.
+    /// client.for_each_peer(|provider| assert_eq!(provider.state().version, provider.version()));
+    /// ```
     pub fn state(&self) -> &R::State {
         &self.call.binding().data.state
     }
 
     /// The NPI version agreed on this binding.
+    ///
+    /// ```
+    /// # #[path = "../examples/pair/provider.rs"] mod provider;
+    /// # #[path = "../examples/pair/client.rs"] mod client;
+    /// let sim = nmr_sim::Sim::new(nmr_sim::Config::default());
+    /// let provider = provider::load(&sim);
+    /// let client = client::load(&sim);
+    /// client.for_each_peer(|provider| assert_eq!(provider.version(), nmr_checksum_npi::NPI_VERSION));
+    /// ```
     pub fn version(&self) -> u16 {
         self.call.binding().data.version
     }
 
     /// The binding's trace id.
+    ///
+    /// ```
+    /// # #[path = "../examples/pair/provider.rs"] mod provider;
+    /// # #[path = "../examples/pair/client.rs"] mod client;
+    /// let sim = nmr_sim::Sim::new(nmr_sim::Config::default());
+    /// let provider = provider::load(&sim);
+    /// let client = client::load(&sim);
+    /// // Each side's binding has its own id: trace lines of one side carry it.
+    /// let mut ids = Vec::new();
+    /// client.for_each_peer(|provider| ids.push(provider.id()));
+    /// provider.for_each_peer(|client| ids.push(client.id()));
+    /// assert_eq!(ids.len(), 2);
+    /// assert_ne!(ids[0], ids[1]);
+    /// ```
     pub fn id(&self) -> usize {
         self.call.binding().id()
     }
@@ -626,6 +1113,19 @@ impl<R: Role> Peer<'_, R> {
 
 /// A call from the peer into this module: the module and the binding's
 /// state, valid for the call. Made by the NPI crate's trampolines.
+///
+/// ```
+/// # #[path = "../examples/pair/provider.rs"] mod provider;
+/// # #[path = "../doc/recorder.rs"] mod recorder;
+/// let sim = nmr_sim::Sim::new(nmr_sim::Config::default());
+/// let provider = provider::load(&sim);
+/// let recorder = recorder::load(&sim);
+/// use nmr_checksum_npi::ClientCalls;
+/// // The provider notifies; the recorder's `notify(callee, event, value)` adds
+/// // the value up through `callee.module()`.
+/// provider.for_each_peer(|client| client.notify(nmr_checksum_npi::EVENT_CALL_COUNT, 5));
+/// assert_eq!(recorder.total.load(std::sync::atomic::Ordering::Relaxed), 5);
+/// ```
 pub struct Callee<'a, R: Role> {
     module: &'a R::Module,
     nmr: &'a R::Nmr,
@@ -643,6 +1143,16 @@ impl<'a, R: Role> Callee<'a, R> {
     /// cleanup (the NMR contract lets a peer call until both sides completed
     /// detaching; cleanup comes after). The references live for `'a`, which
     /// must not outlast the call.
+    ///
+    /// ```
+    /// # #[path = "../doc/recorder.rs"] mod recorder;
+    /// use nmr::{AsClient, Callee};
+    /// // A peer that passes a null context reaches no module: the trampolines
+    /// // then do nothing, or return STATUS_INVALID_PARAMETER.
+    /// // SAFETY: a null context is always allowed.
+    /// let callee = unsafe { Callee::<AsClient<recorder::Recorder>>::from_context(std::ptr::null_mut()) };
+    /// assert!(callee.is_none());
+    /// ```
     pub unsafe fn from_context(context: *mut c_void) -> Option<Self> {
         let binding = NonNull::new(context.cast::<BindingOf<R>>())?;
         // SAFETY: see the function's contract.
@@ -658,26 +1168,93 @@ impl<'a, R: Role> Callee<'a, R> {
     }
 
     /// The module called.
+    ///
+    /// ```
+    /// # #[path = "../examples/pair/provider.rs"] mod provider;
+    /// # #[path = "../doc/recorder.rs"] mod recorder;
+    /// let sim = nmr_sim::Sim::new(nmr_sim::Config::default());
+    /// let provider = provider::load(&sim);
+    /// let recorder = recorder::load(&sim);
+    /// use nmr_checksum_npi::ClientCalls;
+    /// use std::sync::atomic::Ordering::Relaxed;
+    /// provider.for_each_peer(|client| client.notify(0, 2));
+    /// provider.for_each_peer(|client| client.notify(0, 3));
+    /// assert_eq!(recorder.total.load(Relaxed), 5);
+    /// ```
     pub fn module(&self) -> &'a R::Module {
         self.module
     }
 
     /// Our state for this binding.
+    ///
+    /// ```
+    /// # #[path = "../examples/pair/provider.rs"] mod provider;
+    /// # #[path = "../doc/recorder.rs"] mod recorder;
+    /// let sim = nmr_sim::Sim::new(nmr_sim::Config::default());
+    /// let provider = provider::load(&sim);
+    /// let recorder = recorder::load(&sim);
+    /// use nmr_checksum_npi::ClientCalls;
+    /// use std::sync::atomic::Ordering::Relaxed;
+    /// // The recorder counts notifications per binding in its binding state, which
+    /// // its own calls out see as `Peer::state`.
+    /// provider.for_each_peer(|client| client.notify(0, 0));
+    /// recorder.for_each_peer(|provider| assert_eq!(provider.state().load(Relaxed), 1));
+    /// ```
     pub fn state(&self) -> &'a R::State {
         &self.binding.data.state
     }
 
     /// The NPI version agreed on this binding.
+    ///
+    /// ```
+    /// # #[path = "../examples/pair/provider.rs"] mod provider;
+    /// # #[path = "../doc/recorder.rs"] mod recorder;
+    /// let sim = nmr_sim::Sim::new(nmr_sim::Config::default());
+    /// let provider = provider::load(&sim);
+    /// let recorder = recorder::load(&sim);
+    /// use nmr_checksum_npi::{ClientCalls, NPI_VERSION};
+    /// use std::sync::atomic::Ordering::Relaxed;
+    /// provider.for_each_peer(|client| client.notify(0, 0));
+    /// assert_eq!(recorder.version.load(Relaxed), u64::from(NPI_VERSION));
+    /// ```
     pub fn version(&self) -> u16 {
         self.binding.data.version
     }
 
     /// The NMR the module runs on.
+    ///
+    /// ```
+    /// # #[path = "../examples/pair/provider.rs"] mod provider;
+    /// # #[path = "../doc/recorder.rs"] mod recorder;
+    /// let sim = nmr_sim::Sim::new(nmr_sim::Config::default());
+    /// let provider = provider::load(&sim);
+    /// let recorder = recorder::load(&sim);
+    /// use nmr::Nmr;
+    /// use nmr_checksum_npi::ClientCalls;
+    /// use std::sync::atomic::Ordering::Relaxed;
+    /// provider.for_each_peer(|client| client.notify(0, 0));
+    /// assert_eq!(recorder.processors.load(Relaxed), u64::from(sim.processor_count()));
+    /// ```
     pub fn nmr(&self) -> &'a R::Nmr {
         self.nmr
     }
 
     /// The binding's trace id.
+    ///
+    /// ```
+    /// # #[path = "../examples/pair/provider.rs"] mod provider;
+    /// # #[path = "../doc/recorder.rs"] mod recorder;
+    /// let sim = nmr_sim::Sim::new(nmr_sim::Config::default());
+    /// let provider = provider::load(&sim);
+    /// let recorder = recorder::load(&sim);
+    /// use nmr_checksum_npi::ClientCalls;
+    /// use std::sync::atomic::Ordering::Relaxed;
+    /// // The id the recorder's handler saw is the one its own calls out carry.
+    /// provider.for_each_peer(|client| client.notify(0, 0));
+    /// recorder.for_each_peer(|provider| {
+    ///     assert_eq!(recorder.id.load(Relaxed), provider.id() as u64);
+    /// });
+    /// ```
     pub fn id(&self) -> usize {
         self.binding.id()
     }

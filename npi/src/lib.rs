@@ -15,6 +15,11 @@
 //! Each function of the NPI is written once here; modules implement the
 //! traits and contain no `unsafe`.
 //!
+//! The examples on the items below run on the model NMR (`nmr-sim`) with
+//! the pair of the `nmr` crate's `examples/pair`: `provider::load`
+//! registers `Summer`, which serves checksums, and `client::load` registers
+//! `Asker`, which counts the notifications it gets.
+//!
 //! # Example
 //!
 //! A provider and a client on the model NMR, one call each way:
@@ -90,6 +95,12 @@ pub use nmr_common::npi::{
 };
 
 /// The checksum/notify NPI.
+///
+/// ```
+/// use nmr::Npi;
+/// use nmr_checksum_npi::{ChecksumNpi, NPI_ID};
+/// assert_eq!(*ChecksumNpi::ID, NPI_ID);
+/// ```
 pub struct ChecksumNpi;
 
 impl Npi for ChecksumNpi {
@@ -99,24 +110,95 @@ impl Npi for ChecksumNpi {
 }
 
 /// A client of this NPI: what providers call.
+///
+/// ```
+/// # #[path = "../../nmr/examples/pair/provider.rs"] mod provider;
+/// # #[path = "../../nmr/examples/pair/client.rs"] mod client;
+/// let sim = nmr_sim::Sim::new(nmr_sim::Config::default());
+/// let provider = provider::load(&sim);
+/// let client = client::load(&sim);
+/// use nmr_checksum_npi::{ClientCalls, EVENT_CALL_COUNT};
+/// // `Asker` implements `Notify`: a provider's `notify` lands in it.
+/// provider.for_each_peer(|client| client.notify(EVENT_CALL_COUNT, 7));
+/// assert_eq!(client::notifications(&client), 1);
+/// ```
 pub trait Notify: ClientModule<Npi = ChecksumNpi> {
     /// `notify(event, value)` from a provider (any IRQL <= DISPATCH: never
     /// block here).
+    ///
+    /// ```
+    /// # #[path = "../../nmr/examples/pair/provider.rs"] mod provider;
+    /// # #[path = "../../nmr/examples/pair/client.rs"] mod client;
+    /// let sim = nmr_sim::Sim::new(nmr_sim::Config::default());
+    /// let provider = provider::load(&sim);
+    /// let client = client::load(&sim);
+    /// use nmr_checksum_npi::{ClientCalls, EVENT_CALL_COUNT};
+    /// provider.for_each_peer(|client| client.notify(EVENT_CALL_COUNT, 1));
+    /// provider.for_each_peer(|client| client.notify(EVENT_CALL_COUNT, 2));
+    /// assert_eq!(client::notifications(&client), 2);
+    /// ```
     fn notify(callee: &Callee<'_, AsClient<Self>>, event: u32, value: u64);
 }
 
 /// A provider of this NPI: what clients call.
+///
+/// ```
+/// # #[path = "../../nmr/examples/pair/provider.rs"] mod provider;
+/// # #[path = "../../nmr/examples/pair/client.rs"] mod client;
+/// let sim = nmr_sim::Sim::new(nmr_sim::Config::default());
+/// let provider = provider::load(&sim);
+/// let client = client::load(&sim);
+/// use nmr_checksum_npi::{ProviderCalls, internet_checksum};
+/// // `Summer` implements `Serve`: a client's `checksum` lands in it.
+/// client.for_each_peer(|summer| assert_eq!(summer.checksum(b"ab"), Ok(internet_checksum(b"ab"))));
+/// assert_eq!(provider::served(&provider), 1);
+/// ```
 pub trait Serve: ProviderModule<Npi = ChecksumNpi> {
     /// The feature bits `get_info` reports ([`FEATURE_CHECKSUM`], ...).
     /// Any IRQL <= DISPATCH.
+    ///
+    /// ```
+    /// # #[path = "../../nmr/examples/pair/provider.rs"] mod provider;
+    /// # #[path = "../../nmr/examples/pair/client.rs"] mod client;
+    /// let sim = nmr_sim::Sim::new(nmr_sim::Config::default());
+    /// let provider = provider::load(&sim);
+    /// let client = client::load(&sim);
+    /// use nmr_checksum_npi::{FEATURE_CHECKSUM, ProviderCalls};
+    /// // What a client's `get_info` reports.
+    /// client.for_each_peer(|summer| {
+    ///     assert_eq!(summer.get_info().map(|info| info.features), Ok(FEATURE_CHECKSUM));
+    /// });
+    /// ```
     fn features(callee: &Callee<'_, AsProvider<Self>>) -> u32;
     /// The RFC 1071 checksum of `data` (or an error status). <= DISPATCH,
     /// unless the provider documents otherwise.
+    ///
+    /// ```
+    /// # #[path = "../../nmr/examples/pair/provider.rs"] mod provider;
+    /// # #[path = "../../nmr/examples/pair/client.rs"] mod client;
+    /// let sim = nmr_sim::Sim::new(nmr_sim::Config::default());
+    /// let provider = provider::load(&sim);
+    /// let client = client::load(&sim);
+    /// use nmr_checksum_npi::{ProviderCalls, internet_checksum};
+    /// let data = [0x45u8, 0x00, 0x00, 0x1c];
+    /// client.for_each_peer(|summer| assert_eq!(summer.checksum(&data), Ok(internet_checksum(&data))));
+    /// ```
     fn checksum(callee: &Callee<'_, AsProvider<Self>>, data: &[u8]) -> Result<u16, NTSTATUS>;
 }
 
 /// The client's dispatch table for module `M`: its [`Notify::notify`]
 /// behind the trampoline.
+///
+/// ```
+/// # #[path = "../../nmr/examples/pair/provider.rs"] mod provider;
+/// # #[path = "../../nmr/examples/pair/client.rs"] mod client;
+/// use nmr::ClientModule;
+/// use nmr_checksum_npi::{ClientDispatch, NPI_VERSION};
+/// // `Asker::dispatch()` is `client_table::<Self>()`.
+/// let table: ClientDispatch = nmr_checksum_npi::client_table::<client::Asker>();
+/// assert_eq!(table.header.version, NPI_VERSION);
+/// assert_eq!(table.notify as usize, client::Asker::dispatch().notify as usize);
+/// ```
 pub fn client_table<M: Notify>() -> ClientDispatch {
     ClientDispatch {
         header: DispatchHeader {
@@ -128,6 +210,15 @@ pub fn client_table<M: Notify>() -> ClientDispatch {
 }
 
 /// The provider's dispatch table for module `M`.
+///
+/// ```
+/// # #[path = "../../nmr/examples/pair/provider.rs"] mod provider;
+/// # #[path = "../../nmr/examples/pair/client.rs"] mod client;
+/// use nmr_checksum_npi::{NPI_VERSION, ProviderDispatch};
+/// let table: ProviderDispatch = nmr_checksum_npi::provider_table::<provider::Summer>();
+/// assert_eq!(table.header.version, NPI_VERSION);
+/// assert_eq!(usize::from(table.header.size), size_of::<ProviderDispatch>());
+/// ```
 pub fn provider_table<M: Serve>() -> ProviderDispatch {
     ProviderDispatch {
         header: DispatchHeader {
@@ -225,10 +316,48 @@ unsafe extern "system" fn checksum_trampoline<M: Serve>(
 }
 
 /// Calls into a provider, through a counted [`Peer`] of a client.
+///
+/// ```
+/// # #[path = "../../nmr/examples/pair/provider.rs"] mod provider;
+/// # #[path = "../../nmr/examples/pair/client.rs"] mod client;
+/// let sim = nmr_sim::Sim::new(nmr_sim::Config::default());
+/// let provider = provider::load(&sim);
+/// let client = client::load(&sim);
+/// use nmr_checksum_npi::{ProviderCalls, internet_checksum};
+/// let mut answers = Vec::new();
+/// client.for_each_peer(|summer| answers.push((summer.checksum(b"abc"), summer.get_info().is_ok())));
+/// assert_eq!(answers, [(Ok(internet_checksum(b"abc")), true)]);
+/// ```
 pub trait ProviderCalls {
     /// `checksum(data)`: the provider's answer, or its error status.
+    ///
+    /// ```
+    /// # #[path = "../../nmr/examples/pair/provider.rs"] mod provider;
+    /// # #[path = "../../nmr/examples/pair/client.rs"] mod client;
+    /// let sim = nmr_sim::Sim::new(nmr_sim::Config::default());
+    /// let provider = provider::load(&sim);
+    /// let client = client::load(&sim);
+    /// use nmr_checksum_npi::{ProviderCalls, internet_checksum};
+    /// client.for_each_peer(|summer| {
+    ///     assert_eq!(summer.checksum(b""), Ok(internet_checksum(b"")));
+    ///     assert_eq!(summer.checksum(b"NMR"), Ok(internet_checksum(b"NMR")));
+    /// });
+    /// ```
     fn checksum(&self, data: &[u8]) -> Result<u16, NTSTATUS>;
     /// `get_info()`.
+    ///
+    /// ```
+    /// # #[path = "../../nmr/examples/pair/provider.rs"] mod provider;
+    /// # #[path = "../../nmr/examples/pair/client.rs"] mod client;
+    /// let sim = nmr_sim::Sim::new(nmr_sim::Config::default());
+    /// let provider = provider::load(&sim);
+    /// let client = client::load(&sim);
+    /// use nmr_checksum_npi::{FEATURE_CHECKSUM, NPI_VERSION, ProviderCalls};
+    /// client.for_each_peer(|summer| {
+    ///     let info = summer.get_info().expect("the provider answers");
+    ///     assert_eq!((info.version, info.features), (NPI_VERSION, FEATURE_CHECKSUM));
+    /// });
+    /// ```
     fn get_info(&self) -> Result<ProviderInfo, NTSTATUS>;
 }
 
@@ -265,8 +394,32 @@ impl<M: ClientModule<Npi = ChecksumNpi>> ProviderCalls for Peer<'_, AsClient<M>>
 }
 
 /// Calls into a client, through a counted [`Peer`] of a provider.
+///
+/// ```
+/// # #[path = "../../nmr/examples/pair/provider.rs"] mod provider;
+/// # #[path = "../../nmr/examples/pair/client.rs"] mod client;
+/// let sim = nmr_sim::Sim::new(nmr_sim::Config::default());
+/// let provider = provider::load(&sim);
+/// let client = client::load(&sim);
+/// use nmr_checksum_npi::{ClientCalls, EVENT_CALL_COUNT};
+/// let told = provider::notify_all(&provider); // `notify` through each `Peer`
+/// assert_eq!((told, client::notifications(&client)), (1, 1));
+/// provider.for_each_peer(|asker| asker.notify(EVENT_CALL_COUNT, 0));
+/// assert_eq!(client::notifications(&client), 2);
+/// ```
 pub trait ClientCalls {
     /// `notify(event, value)`.
+    ///
+    /// ```
+    /// # #[path = "../../nmr/examples/pair/provider.rs"] mod provider;
+    /// # #[path = "../../nmr/examples/pair/client.rs"] mod client;
+    /// let sim = nmr_sim::Sim::new(nmr_sim::Config::default());
+    /// let provider = provider::load(&sim);
+    /// let client = client::load(&sim);
+    /// use nmr_checksum_npi::{ClientCalls, EVENT_CALL_COUNT};
+    /// provider.for_each_peer(|asker| asker.notify(EVENT_CALL_COUNT, 42));
+    /// assert_eq!(client::notifications(&client), 1);
+    /// ```
     fn notify(&self, event: u32, value: u64);
 }
 

@@ -25,6 +25,10 @@
 //!   `call_percpu`: the real `Binding::acquire` on the model, which asks it
 //!   for the current processor (an inline `fs:` read of the rseq `cpu_id`).
 //!
+//! - `lookup`: the model's `current_processor()` alone;
+//!   `percpu_rundown_at_0`: `percpu_rundown` with the processor given (slot
+//!   0 always), no lookup. The two split `percpu_rundown`'s cost.
+//!
 //! In `2_threads/`, a second thread runs the same operation on the same
 //! objects for the whole measurement. Then `drain/`: `begin_drain` and the
 //! release of the one call in flight, which reports the drain inline, for 2,
@@ -206,10 +210,12 @@ impl<R: Protect> CallPath<R> {
 }
 
 /// An owner of nmr-common's per-processor rundown, asking the model (like a
-/// binding does) which processor it runs on.
+/// binding does) which processor it runs on, or, with `at` set, always
+/// using that slot (to tell the lookup's cost from the rundown's).
 struct PerCpu {
     rundown: Rundown,
     nmr: Sim,
+    at: Option<usize>,
     reports: AtomicUsize,
     /// Dropped after the rundown, whose slot index it lends.
     _arena: SlotArena,
@@ -221,6 +227,7 @@ impl PerCpu {
         PerCpu {
             rundown: Rundown::try_new(&arena).expect("memory"),
             nmr,
+            at: None,
             reports: AtomicUsize::new(0),
             _arena: arena,
         }
@@ -234,7 +241,10 @@ unsafe impl RundownOwner for PerCpu {
     }
     #[inline(always)]
     fn current_processor(&self) -> usize {
-        self.nmr.current_processor() as usize
+        match self.at {
+            Some(processor) => processor,
+            None => self.nmr.current_processor() as usize,
+        }
     }
     unsafe fn drained(this: NonNull<Self>) {
         // SAFETY: valid on entry; the benchmark frees owners after their report.
@@ -250,6 +260,8 @@ struct Fixture {
     ex: ExRundown,
     ex_cache_aware: ExCacheAware,
     percpu: PerCpu,
+    percpu_at_0: PerCpu,
+    sim: Sim,
     call_word: CallPath<WordRundown>,
     call_ex: CallPath<ExRundown>,
     call_ex_cache_aware: CallPath<ExCacheAware>,
@@ -275,6 +287,11 @@ impl Fixture {
             ex: ExRundown(AtomicUsize::new(0)),
             ex_cache_aware: ExCacheAware::new(sim.clone()),
             percpu: PerCpu::new(sim.processor_count() as usize, sim.clone()),
+            percpu_at_0: PerCpu {
+                at: Some(0),
+                ..PerCpu::new(sim.processor_count() as usize, sim.clone())
+            },
+            sim: sim.clone(),
             call_word: CallPath::new(WordRundown(AtomicUsize::new(0))),
             call_ex: CallPath::new(ExRundown(AtomicUsize::new(0))),
             call_ex_cache_aware: CallPath::new(ExCacheAware::new(sim)),
@@ -284,7 +301,7 @@ impl Fixture {
     }
 }
 
-const OPS: [&str; 12] = [
+const OPS: [&str; 14] = [
     "floor",
     "floor_call",
     "direct_call",
@@ -296,9 +313,11 @@ const OPS: [&str; 12] = [
     "call_ex",
     "call_ex_cache_aware",
     "call_percpu",
+    "lookup",
+    "percpu_rundown_at_0",
     "stop",
 ];
-const STOP: usize = 11;
+const STOP: usize = 13;
 
 /// One operation; `op` is a constant where it is measured, so each variant
 /// compiles to its own straight-line code.
@@ -334,6 +353,10 @@ fn run(f: &Fixture, op: usize) {
         10 => {
             black_box(f.binding.acquire().map(|p| (p.dispatch().f)(black_box(7))));
         }
+        11 => {
+            black_box(black_box(&f.sim).current_processor());
+        }
+        12 => drop(black_box(RundownGuard::try_acquire(&f.percpu_at_0))),
         _ => {}
     }
 }
@@ -373,6 +396,8 @@ fn per_call(c: &mut Criterion, threads: usize) {
     bench!(8);
     bench!(9);
     bench!(10);
+    bench!(11);
+    bench!(12);
     g.finish();
     mode.store(usize::MAX, Ordering::Relaxed);
     if let Some(h) = hammer {

@@ -78,3 +78,52 @@ pub mod percpu;
 pub mod rundown;
 pub mod sync;
 pub mod trace;
+
+/// The unit tests' heap: the system's, except that it refuses any block over
+/// 1 GiB, as an exhausted pool would. So the tests of the out-of-memory paths
+/// (an arena that cannot grow) fail their allocation for certain: they depend
+/// neither on the host's overcommit policy nor on Miri, which would try to
+/// provide the half terabyte they ask for.
+#[cfg(test)]
+mod test_heap {
+    extern crate std;
+    use std::alloc::{GlobalAlloc, Layout, System};
+
+    /// Larger requests fail.
+    const LIMIT: usize = 1 << 30;
+
+    struct Bounded;
+
+    // SAFETY: every request is forwarded to `System` or refused with null,
+    // which `GlobalAlloc` allows for any layout.
+    unsafe impl GlobalAlloc for Bounded {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            if layout.size() > LIMIT {
+                return core::ptr::null_mut();
+            }
+            // SAFETY: forwarded; the caller upholds `alloc`'s contract.
+            unsafe { System.alloc(layout) }
+        }
+        unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+            if layout.size() > LIMIT {
+                return core::ptr::null_mut();
+            }
+            // SAFETY: forwarded; the caller upholds `alloc_zeroed`'s contract.
+            unsafe { System.alloc_zeroed(layout) }
+        }
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            // SAFETY: forwarded: `ptr` came from `System` with this layout.
+            unsafe { System.dealloc(ptr, layout) }
+        }
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            if new_size > LIMIT {
+                return core::ptr::null_mut();
+            }
+            // SAFETY: forwarded; the caller upholds `realloc`'s contract.
+            unsafe { System.realloc(ptr, layout, new_size) }
+        }
+    }
+
+    #[global_allocator]
+    static HEAP: Bounded = Bounded;
+}

@@ -30,16 +30,17 @@
 //! with an arbitrary handle:
 //!
 //! ```compile_fail,E0133
-//! # use nmr_common::{binding::Binding, rundown::RundownOwner};
+//! # use nmr_common::{binding::Binding, rundown::{Rundown, RundownOwner}};
 //! fn arm<N: nmr_common::nmr::Nmr>(b: &Binding<N, (), ()>) {
-//!     RundownOwner::rundown(b).begin_drain(); // unsafe fn: not from safe code
+//!     let rundown = core::ptr::NonNull::from(RundownOwner::rundown(b));
+//!     Rundown::begin_drain(rundown); // unsafe fn: not from safe code
 //! }
 //! ```
 //!
 //! ```compile_fail,E0133
-//! # use nmr_common::binding::Binding;
-//! fn make<N: nmr_common::nmr::Nmr>(nmr: N) {
-//!     let _ = Binding::<N, (), ()>::for_client(nmr, "x", core::ptr::null_mut(), ());
+//! # use nmr_common::{arena::SlotArena, binding::Binding};
+//! fn make<N: nmr_common::nmr::Nmr>(nmr: N, slots: &SlotArena) {
+//!     let _ = Binding::<N, (), ()>::for_client(nmr, slots, "x", core::ptr::null_mut(), ());
 //! }
 //! ```
 //!

@@ -72,17 +72,29 @@ fn processor_count() -> u32 {
 /// Makes `gs` of the calling thread point at its stand-in KPCR (allocating
 /// it on the first call), and refreshes its processor index. Idempotent.
 pub(crate) fn ensure_current_thread() {
+    // SAFETY: sched_getcpu has no preconditions.
+    let cpu = u32::try_from(unsafe { libc::sched_getcpu() }).unwrap_or(0);
+    let count = processor_count();
+    set_index_here(if cpu < count { cpu } else { cpu % count });
+}
+
+/// Gives the calling thread its stand-in KPCR behind `gs` (allocated on the
+/// first call, freed at thread exit) and sets the processor index that a
+/// `gs:[0x1a4]` load reads on this thread to `index`, until the next entry
+/// into image code refreshes it. For measuring that load, as the images do
+/// it, outside an image (the rundown benchmark's `call_percpu_gs`).
+pub fn stand_in_kpcr_here(index: u32) {
+    set_index_here(index);
+}
+
+fn set_index_here(index: u32) {
     let kpcr = KPCR.with(|k| match k.get() {
         Some(p) => p,
         None => install_here(),
     });
-    // SAFETY: sched_getcpu has no preconditions.
-    let cpu = u32::try_from(unsafe { libc::sched_getcpu() }).unwrap_or(0);
-    let count = processor_count();
-    let index = if cpu < count { cpu } else { cpu % count };
     // SAFETY: `kpcr` is this thread's live page; the field is in range
-    // (checked at compile time) and 4-aligned. Image code on this thread
-    // reads it only between entries, never concurrently with this write.
+    // (checked at compile time) and 4-aligned. Code on this thread reads it
+    // only between our writes, never concurrently with one.
     unsafe {
         kpcr.cast::<u8>()
             .add(KPCR_PROCESSOR_INDEX_OFFSET as usize)

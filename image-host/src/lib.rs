@@ -71,6 +71,8 @@ pub use driver::{Driver, State};
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 pub use fault::FAULT_EXIT_CODE;
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+pub use kpcr::stand_in_kpcr_here;
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 pub use model::ModelBinding;
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 pub use pe::LoadError;

@@ -25,9 +25,15 @@
 //!   `call_percpu`: the real `Binding::acquire` on the model, which asks it
 //!   for the current processor (an inline `fs:` read of the rseq `cpu_id`).
 //!
-//! - `lookup`: the model's `current_processor()` alone;
-//!   `percpu_rundown_at_0`: `percpu_rundown` with the processor given (slot
-//!   0 always), no lookup. The two split `percpu_rundown`'s cost.
+//! - `call_percpu_gs`: `call_percpu` over an NMR surface whose
+//!   `current_processor` is the images' own: one `gs:[0x1a4]` load (wdm.h's
+//!   `KeGetCurrentProcessorIndex`), from a stand-in KPCR that the image host
+//!   puts behind `gs` (index 0 for the measuring thread, 1 for the second).
+//!   The whole call path as the drivers run it, lookup included.
+//! - `percpu_rundown_at_0`: `percpu_rundown` with the processor given (slot
+//!   0 always), no lookup: what the slot's CAS and release cost alone. (In
+//!   `2_threads/` both threads then share slot 0, on purpose: it shows what
+//!   per-processor slots save.)
 //!
 //! In `2_threads/`, a second thread runs the same operation on the same
 //! objects for the whole measurement. Then `drain/`: `begin_drain` and the
@@ -176,6 +182,91 @@ impl Protect for ExCacheAware {
     }
 }
 
+/// An NMR surface that only answers the processor the way the images do:
+/// one `gs:[0x1a4]` load from the thread's stand-in KPCR (the image host's).
+/// The bench's bindings are never registered, attached or detached.
+#[derive(Clone)]
+struct GsNmr;
+
+impl Nmr for GsNmr {
+    type Lock = <Sim as Nmr>::Lock;
+
+    unsafe fn register_client(
+        &self,
+        _: *const nmr_common::ffi::NPI_CLIENT_CHARACTERISTICS,
+        _: *mut core::ffi::c_void,
+        _: *mut nmr_common::ffi::HANDLE,
+    ) -> nmr_common::ffi::NTSTATUS {
+        unreachable!("the bench registers nothing")
+    }
+    unsafe fn deregister_client(&self, _: nmr_common::ffi::HANDLE) -> nmr_common::ffi::NTSTATUS {
+        unreachable!()
+    }
+    unsafe fn wait_for_client_deregister_complete(
+        &self,
+        _: nmr_common::ffi::HANDLE,
+    ) -> nmr_common::ffi::NTSTATUS {
+        unreachable!()
+    }
+    unsafe fn client_attach_provider(
+        &self,
+        _: nmr_common::ffi::HANDLE,
+        _: *mut core::ffi::c_void,
+        _: *const core::ffi::c_void,
+        _: *mut *mut core::ffi::c_void,
+        _: *mut *const core::ffi::c_void,
+    ) -> nmr_common::ffi::NTSTATUS {
+        unreachable!()
+    }
+    unsafe fn client_detach_provider_complete(&self, _: nmr_common::ffi::HANDLE) {
+        unreachable!("the bench detaches nothing")
+    }
+    unsafe fn register_provider(
+        &self,
+        _: *const nmr_common::ffi::NPI_PROVIDER_CHARACTERISTICS,
+        _: *mut core::ffi::c_void,
+        _: *mut nmr_common::ffi::HANDLE,
+    ) -> nmr_common::ffi::NTSTATUS {
+        unreachable!()
+    }
+    unsafe fn deregister_provider(&self, _: nmr_common::ffi::HANDLE) -> nmr_common::ffi::NTSTATUS {
+        unreachable!()
+    }
+    unsafe fn wait_for_provider_deregister_complete(
+        &self,
+        _: nmr_common::ffi::HANDLE,
+    ) -> nmr_common::ffi::NTSTATUS {
+        unreachable!()
+    }
+    unsafe fn provider_detach_client_complete(&self, _: nmr_common::ffi::HANDLE) {
+        unreachable!()
+    }
+    fn trace(&self, _: &nmr_common::trace::Record<'_>) {}
+    fn delay(&self, _: u32) {
+        unreachable!()
+    }
+    fn processor_count(&self) -> u32 {
+        2
+    }
+    #[inline(always)]
+    fn current_processor(&self) -> u32 {
+        let index: u32;
+        // SAFETY: every thread that runs the bench's operations has a
+        // stand-in KPCR behind `gs` (`stand_in_kpcr_here`, before its first
+        // operation); a 4-byte read of its index field, as nmr-common's
+        // `Netio` does in the images.
+        unsafe {
+            core::arch::asm!(
+                "mov {index:e}, dword ptr gs:[{offset}]",
+                index = lateout(reg) index,
+                offset = const nmr_common::ffi::KPCR_PROCESSOR_INDEX_OFFSET,
+                options(nostack, readonly, preserves_flags),
+            );
+        }
+        index
+    }
+}
+
 /// The whole call path of `Binding::acquire`, over a baseline rundown.
 struct CallPath<R> {
     dispatch: AtomicPtr<Table>,
@@ -261,13 +352,15 @@ struct Fixture {
     ex_cache_aware: ExCacheAware,
     percpu: PerCpu,
     percpu_at_0: PerCpu,
-    sim: Sim,
     call_word: CallPath<WordRundown>,
     call_ex: CallPath<ExRundown>,
     call_ex_cache_aware: CallPath<ExCacheAware>,
     binding: Box<Binding<Sim, Table, ()>>,
     /// The arena of `binding`'s slots: dropped after it.
     _slots: SlotArena,
+    binding_gs: Box<Binding<GsNmr, Table, ()>>,
+    /// The arena of `binding_gs`'s slots (2 processors): dropped after it.
+    _slots_gs: SlotArena,
 }
 
 impl Fixture {
@@ -281,6 +374,14 @@ impl Fixture {
         .unwrap_or_else(|_| panic!("memory"));
         // SAFETY: the static table, with a null context it never reads.
         unsafe { binding.publish_peer(ptr::null_mut(), &TABLE) }.expect("published once");
+        let slots_gs = SlotArena::new(GsNmr.processor_count() as usize);
+        // SAFETY: as above.
+        let binding_gs = unsafe {
+            Binding::<GsNmr, Table, ()>::for_client(GsNmr, &slots_gs, "bench", ptr::null_mut(), ())
+        }
+        .unwrap_or_else(|_| panic!("memory"));
+        // SAFETY: as above.
+        unsafe { binding_gs.publish_peer(ptr::null_mut(), &TABLE) }.expect("published once");
         Fixture {
             floor: AtomicUsize::new(0),
             word: WordRundown(AtomicUsize::new(0)),
@@ -291,12 +392,13 @@ impl Fixture {
                 at: Some(0),
                 ..PerCpu::new(sim.processor_count() as usize, sim.clone())
             },
-            sim: sim.clone(),
             call_word: CallPath::new(WordRundown(AtomicUsize::new(0))),
             call_ex: CallPath::new(ExRundown(AtomicUsize::new(0))),
             call_ex_cache_aware: CallPath::new(ExCacheAware::new(sim)),
             binding,
             _slots: slots,
+            binding_gs,
+            _slots_gs: slots_gs,
         }
     }
 }
@@ -313,8 +415,8 @@ const OPS: [&str; 14] = [
     "call_ex",
     "call_ex_cache_aware",
     "call_percpu",
-    "lookup",
     "percpu_rundown_at_0",
+    "call_percpu_gs",
     "stop",
 ];
 const STOP: usize = 13;
@@ -353,10 +455,14 @@ fn run(f: &Fixture, op: usize) {
         10 => {
             black_box(f.binding.acquire().map(|p| (p.dispatch().f)(black_box(7))));
         }
-        11 => {
-            black_box(black_box(&f.sim).current_processor());
+        11 => drop(black_box(RundownGuard::try_acquire(&f.percpu_at_0))),
+        12 => {
+            black_box(
+                f.binding_gs
+                    .acquire()
+                    .map(|p| (p.dispatch().f)(black_box(7))),
+            );
         }
-        12 => drop(black_box(RundownGuard::try_acquire(&f.percpu_at_0))),
         _ => {}
     }
 }
@@ -367,6 +473,8 @@ fn per_call(c: &mut Criterion, threads: usize) {
     let hammer = (threads == 2).then(|| {
         let (fixture, mode) = (fixture.clone(), mode.clone());
         std::thread::spawn(move || {
+            // The second thread is processor 1 to the `gs:` lookup.
+            nmr_image_host::stand_in_kpcr_here(1);
             loop {
                 let op = mode.load(Ordering::Relaxed);
                 if op == usize::MAX {
@@ -378,6 +486,8 @@ fn per_call(c: &mut Criterion, threads: usize) {
             }
         })
     });
+    // Criterion measures on this thread: processor 0 to the `gs:` lookup.
+    nmr_image_host::stand_in_kpcr_here(0);
     let mut g = c.benchmark_group(format!("{threads}_threads"));
     macro_rules! bench {
         ($op:literal) => {

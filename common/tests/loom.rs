@@ -43,13 +43,13 @@
 //! arena when the drain has closed the slots rather than at the cleanup
 //! ("a stale release hit a reused slot": the old call's release lands on the
 //! new binding's slot), and a release that settles `pending` before its slot
-//! decrement (a lost report: "the old side cleaned up once", 0). Also: "increment first, back out
-//! when draining" with a bare `fetch_sub` is *not* a counting bug here: the
-//! drain reads each slot once, atomically, so a later transient increment is
-//! never in its total. The CAS stays: a refused caller writes nothing, so
-//! after the drain a slot changes only by counted releases, and a binding
-//! whose drain completed is never written again (the cleanup's check of zero
-//! calls in flight, and its free, cannot race a transient increment).
+//! decrement (a lost report: "the old side cleaned up once", 0). The acquire
+//! is "increment first, back out when draining" (one `fetch_add`, and a bare
+//! `fetch_sub` when refused), which is *not* a counting bug here: the drain
+//! reads each slot once, atomically, so a later transient increment is never
+//! in its total, and a refused caller holds the owner, so its take-back
+//! lands before the cleanup can give the slot's index back. Every model
+//! here ran with both that acquire and the compare-and-swap it replaced.
 
 #![cfg(loom)]
 
@@ -296,8 +296,8 @@ fn rundown_last_release_vs_drain() {
 
 /// An acquire races the drain while the last call returns: once the drain
 /// has begun (as seen by the acquiring thread) the acquire fails, and a
-/// refused acquire never disturbs the count (the "increment, then back out"
-/// acquire loses or duplicates the drain report here).
+/// refused acquire never disturbs the drain's count (its transient
+/// increment comes after the slot was read and closed).
 #[test]
 fn rundown_acquire_fails_after_drain() {
     model(None, || {

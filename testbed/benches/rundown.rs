@@ -16,7 +16,7 @@
 //!   current processor's (a count may go below zero on one processor; the
 //!   drain adds them up). It asks the model for the processor as
 //!   `percpu_rundown` does.
-//! - `percpu_rundown`: nmr-common's `Rundown`: CAS on the caller's
+//! - `percpu_rundown`: nmr-common's `Rundown`: `fetch_add` on the caller's
 //!   processor's 8-byte slot in the module's arena, `fetch_sub` on the slot
 //!   the guard remembers.
 //! - `call_word`, `call_ex`: the whole call path (load the peer's table and

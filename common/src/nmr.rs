@@ -138,6 +138,35 @@ pub trait Nmr: Clone + Send + Sync + 'static {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Netio;
 
+/// The processor index in the KPCR that `gs` points at: what wdm.h's AMD64
+/// `KeGetCurrentProcessorIndex` does, one load at
+/// [`crate::ffi::KPCR_PROCESSOR_INDEX_OFFSET`]. `Netio::current_processor`
+/// on Windows x64; also the rundown benchmark's, over the image host's
+/// stand-in KPCR, so that it times the images' own instruction.
+///
+/// # Safety
+///
+/// `gs` points at a KPCR, or at anything with at least
+/// `KPCR_PROCESSOR_INDEX_OFFSET + 4` readable bytes: in kernel mode it always
+/// does; in user mode only where a stand-in was put behind it.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub unsafe fn kpcr_processor_index() -> u32 {
+    let index: u32;
+    // SAFETY: see the function's contract. A 4-byte read, no write, no
+    // stack. Not `pure`: the thread may move between two reads, so each call
+    // reads again.
+    unsafe {
+        core::arch::asm!(
+            "mov {index:e}, dword ptr gs:[{offset}]",
+            index = lateout(reg) index,
+            offset = const crate::ffi::KPCR_PROCESSOR_INDEX_OFFSET,
+            options(nostack, readonly, preserves_flags),
+        );
+    }
+    index
+}
+
 #[cfg(all(target_os = "windows", feature = "kernel"))]
 mod netio_impl {
     use super::*;
@@ -251,21 +280,10 @@ mod netio_impl {
         #[cfg(target_arch = "x86_64")]
         #[inline(always)]
         fn current_processor(&self) -> u32 {
-            let index: u32;
             // SAFETY: in kernel mode `gs` is the current processor's KPCR at
             // any IRQL, and the dword at this offset is its index (wdm.h's
-            // `KeGetCurrentProcessorIndex`, pinned in `ffi`). A 4-byte read,
-            // no write, no stack. Not `pure`: the thread may move between two
-            // reads, so each call reads again.
-            unsafe {
-                core::arch::asm!(
-                    "mov {index:e}, dword ptr gs:[{offset}]",
-                    index = lateout(reg) index,
-                    offset = const crate::ffi::KPCR_PROCESSOR_INDEX_OFFSET,
-                    options(nostack, readonly, preserves_flags),
-                );
-            }
-            index
+            // `KeGetCurrentProcessorIndex`, pinned in `ffi`).
+            unsafe { super::kpcr_processor_index() }
         }
         #[cfg(not(target_arch = "x86_64"))]
         #[inline(always)]

@@ -250,20 +250,10 @@ impl Nmr for GsNmr {
     }
     #[inline(always)]
     fn current_processor(&self) -> u32 {
-        let index: u32;
         // SAFETY: every thread that runs the bench's operations has a
         // stand-in KPCR behind `gs` (`stand_in_kpcr_here`, before its first
-        // operation); a 4-byte read of its index field, as nmr-common's
-        // `Netio` does in the images.
-        unsafe {
-            core::arch::asm!(
-                "mov {index:e}, dword ptr gs:[{offset}]",
-                index = lateout(reg) index,
-                offset = const nmr_common::ffi::KPCR_PROCESSOR_INDEX_OFFSET,
-                options(nostack, readonly, preserves_flags),
-            );
-        }
-        index
+        // operation).
+        unsafe { nmr_common::nmr::kpcr_processor_index() }
     }
 }
 

@@ -744,13 +744,15 @@ fn new_binding(nmr: &MockNmr, side: usize) -> Shared<TestBinding> {
     let data = Data {
         payload: UnsafeCell::new(LIVE),
     };
-    // SAFETY: `handle` is the handle the mock NMR completes for `side`, the
-    // binding is linked to it below (the mock's detach and cleanup use it),
-    // and the arena `nmr.0.slots` lives as long as the mock, which outlives
-    // every binding of the model.
+    // `handle` is the handle the mock NMR completes for `side`, the binding
+    // is linked to it below (the mock's detach and cleanup use it), and the
+    // arena `nmr.0.slots` lives as long as the mock, which outlives every
+    // binding of the model.
     let binding = if side == CLIENT {
+        // SAFETY: as said above, for the client's side.
         unsafe { Binding::for_client(nmr.clone(), &nmr.0.slots, "loom", handle, data) }
     } else {
+        // SAFETY: as said above, for the provider's side.
         unsafe { Binding::for_provider(nmr.clone(), &nmr.0.slots, "loom", handle, data) }
     };
     let binding = binding.unwrap_or_else(|_| panic!("out of memory"));

@@ -174,10 +174,6 @@ impl Driver {
             maximum_length: (self.registry_path.len() * 2) as u16,
             buffer: self.registry_path.as_ptr(),
         };
-        // This thread runs image code: its stand-in KPCR behind gs, and the
-        // model's threads get theirs before each callback.
-        crate::kpcr::install();
-        crate::kpcr::ensure_current_thread();
         // SAFETY: a valid DRIVER_OBJECT and registry path, alive across the
         // call; the image stays mapped. On a kernel stack of its own.
         let status = unsafe {
@@ -249,7 +245,6 @@ impl Driver {
         type DriverUnload = unsafe extern "win64" fn(*mut DriverObject);
         // SAFETY: the routine DriverEntry stored, in the still-mapped image.
         let unload = unsafe { std::mem::transmute::<usize, DriverUnload>(unload) };
-        crate::kpcr::ensure_current_thread();
         // SAFETY: the driver's own object; called once, at PASSIVE, on a
         // kernel stack of its own.
         unsafe { crate::stack::call_image(unload as usize, &raw mut *self.object as usize, 0) };

@@ -161,7 +161,7 @@ extern "C" fn on_fault(sig: libc::c_int, info: *mut libc::siginfo_t, context: *m
                     b,
                     "  cause: a gs:-relative read (the KPCR, e.g. wdm.h's KeGetCurrentProcessorIndex) \
                      on a thread with no stand-in KPCR: this thread entered image code without \
-                     kpcr::ensure_current_thread"
+                     passing stack::enter_image_code"
                 );
             }
         }

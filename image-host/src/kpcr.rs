@@ -15,11 +15,10 @@
 //! at PASSIVE can.
 //!
 //! [`ensure_current_thread`] is idempotent and cheap (a thread-local check,
-//! `sched_getcpu`, one store). It is called where a thread enters image code:
-//! `DriverEntry` and `DriverUnload` (driver.rs), a system thread's start
-//! (the `PsCreateSystemThread` stand-in, ntoskrnl.rs), and every model
-//! callback (the hook nmr-sim runs before a Windows x64 callback, set by
-//! [`install`]). A thread that reaches image code without it reads
+//! `sched_getcpu`, one store). `stack::enter_image_code`, which every entry
+//! into image code passes (`DriverEntry`, `DriverUnload`, a system thread's
+//! start, every callback from the model or the host), calls it. A thread
+//! that reaches image code without it reads
 //! `gs:[0x1a4]` with a zero base: a SIGSEGV at a low address, which the fault
 //! handler reports with the image, the offset and this cause.
 
@@ -64,18 +63,10 @@ thread_local! {
     static OWNER: std::cell::RefCell<Option<Installed>> = const { std::cell::RefCell::new(None) };
 }
 
-/// The processors the stand-ins report (`KeQueryMaximumProcessorCountEx`).
-fn processor_count() -> u32 {
-    std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
-}
-
 /// Makes `gs` of the calling thread point at its stand-in KPCR (allocating
 /// it on the first call), and refreshes its processor index. Idempotent.
 pub(crate) fn ensure_current_thread() {
-    // SAFETY: sched_getcpu has no preconditions.
-    let cpu = u32::try_from(unsafe { libc::sched_getcpu() }).unwrap_or(0);
-    let count = processor_count();
-    set_index_here(if cpu < count { cpu } else { cpu % count });
+    set_index_here(crate::ntoskrnl::current_processor_index());
 }
 
 /// Gives the calling thread its stand-in KPCR behind `gs` (allocated on the
@@ -121,12 +112,6 @@ fn install_here() -> *mut Kpcr {
     OWNER.with(|o| *o.borrow_mut() = Some(Installed { _page: page }));
     KPCR.with(|k| k.set(Some(base)));
     base
-}
-
-/// Registers [`ensure_current_thread`] to run before every model callback
-/// into an image (the model's own threads run image code too). Idempotent.
-pub(crate) fn install() {
-    nmr_sim::set_win64_entry_hook(ensure_current_thread);
 }
 
 /// This thread's `gs` base, for the fault report (async-signal-safe: one

@@ -439,7 +439,6 @@ pub(crate) extern "win64" fn ps_create_system_thread(
         .name(format!("{image_name} system thread"))
         .spawn(move || {
             let alt = crate::fault::AltStack::install();
-            crate::kpcr::ensure_current_thread();
             let running = THREADS_RUNNING.fetch_add(1, Ordering::Relaxed) + 1;
             THREADS_PEAK.fetch_max(running, Ordering::Relaxed);
             // SAFETY: `start` is inside a mapped image (checked); the image
@@ -1044,12 +1043,20 @@ pub(crate) extern "win64" fn memcmp(a: *const u8, b: *const u8, n: usize) -> i32
 // -------------------------------------------------------------- processors
 
 /// The processors the host offers.
-fn processor_count() -> u32 {
+pub(crate) fn processor_count() -> u32 {
     // Read once: `available_parallelism` reads the cgroup files under /proc
     // at every call, which made `KeGetCurrentProcessorNumberEx` (on every
     // NPI call of the images) cost tens of microseconds.
     static COUNT: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
     *COUNT.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32))
+}
+
+/// The processor the calling thread runs on, below [`processor_count`]: what
+/// `KeGetCurrentProcessorNumberEx` answers and what a stand-in KPCR holds.
+pub(crate) fn current_processor_index() -> u32 {
+    // SAFETY: sched_getcpu has no preconditions.
+    let cpu = unsafe { libc::sched_getcpu() };
+    u32::try_from(cpu).unwrap_or(0).min(processor_count() - 1)
 }
 
 /// `KeQueryMaximumProcessorCountEx(GroupNumber)`: one group holds them all.
@@ -1075,9 +1082,7 @@ pub(crate) struct ProcessorNumber {
 pub(crate) extern "win64" fn ke_get_current_processor_number_ex(
     number: *mut ProcessorNumber,
 ) -> u32 {
-    // SAFETY: sched_getcpu has no preconditions.
-    let cpu = unsafe { libc::sched_getcpu() };
-    let cpu = u32::try_from(cpu).unwrap_or(0).min(processor_count() - 1);
+    let cpu = current_processor_index();
     // SAFETY: null or the caller's PROCESSOR_NUMBER.
     if let Some(n) = unsafe { number.as_mut() } {
         *n = ProcessorNumber {

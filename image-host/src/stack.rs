@@ -354,6 +354,9 @@ pub fn charge_kernel_frames(bytes: usize) {
 /// the place for per-thread set-up that image code relies on.
 pub fn enter_image_code(image: &'static str) {
     IMAGE.with(|i| i.set(image));
+    // Image code reads the processor index through `gs` (wdm.h's
+    // `KeGetCurrentProcessorIndex`): a stand-in KPCR, index refreshed.
+    crate::kpcr::ensure_current_thread();
 }
 
 /// `nmr_ih_enter_image`'s first half: picks the stack for an entry into

@@ -43,27 +43,6 @@ pub(crate) struct DetachFn(NPI_CLIENT_DETACH_PROVIDER_FN, CallbackAbi);
 #[derive(Clone, Copy)]
 pub(crate) struct CleanupFn(NPI_CLIENT_CLEANUP_BINDING_CONTEXT_FN, CallbackAbi);
 
-/// What runs on the calling thread before the model enters a Windows x64
-/// callback: the image host sets up the thread for image code there (a
-/// stand-in KPCR behind `gs`), since the model's own threads (its worker,
-/// its delivery threads) enter image code too. Set once per process.
-static WIN64_ENTRY: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
-
-/// Sets the hook run before every call into a Windows x64 callback (see
-/// [`Sim::register_client_win64`]); the first setting wins. It must be cheap
-/// and idempotent: it runs on every callback.
-pub fn set_win64_entry_hook(hook: fn()) {
-    let _ = WIN64_ENTRY.set(hook);
-}
-
-#[cfg(target_arch = "x86_64")]
-#[inline]
-fn win64_entry() {
-    if let Some(hook) = WIN64_ENTRY.get() {
-        hook();
-    }
-}
-
 impl ClientAttach {
     /// Calls it.
     ///
@@ -80,7 +59,6 @@ impl ClientAttach {
             CallbackAbi::System => unsafe { (self.0)(binding, context, provider) },
             #[cfg(target_arch = "x86_64")]
             CallbackAbi::Win64 => {
-                win64_entry();
                 type F = unsafe extern "win64" fn(
                     HANDLE,
                     *mut c_void,
@@ -127,7 +105,6 @@ impl ProviderAttach {
             },
             #[cfg(target_arch = "x86_64")]
             CallbackAbi::Win64 => {
-                win64_entry();
                 type F = unsafe extern "win64" fn(
                     HANDLE,
                     *mut c_void,
@@ -168,7 +145,6 @@ impl DetachFn {
             CallbackAbi::System => unsafe { (self.0)(binding_context) },
             #[cfg(target_arch = "x86_64")]
             CallbackAbi::Win64 => {
-                win64_entry();
                 type F = unsafe extern "win64" fn(*mut c_void) -> NTSTATUS;
                 // SAFETY: registered through a `*_win64` entry point: a Windows
                 // x64 function of this very signature.
@@ -191,7 +167,6 @@ impl CleanupFn {
             CallbackAbi::System => unsafe { (self.0)(binding_context) },
             #[cfg(target_arch = "x86_64")]
             CallbackAbi::Win64 => {
-                win64_entry();
                 type F = unsafe extern "win64" fn(*mut c_void);
                 // SAFETY: registered through a `*_win64` entry point: a Windows
                 // x64 function of this very signature.

@@ -41,7 +41,6 @@ mod state;
 mod violation;
 mod wait;
 
-pub use abi::set_win64_entry_hook;
 pub use config::{Config, Delivery, DetachOrder, Policy};
 pub use core::Sim;
 pub use irql::Irql;

@@ -253,6 +253,17 @@ pub fn live_blocks_of(image: u64) -> Vec<String> {
     })
 }
 
+/// The bytes of the blocks image `image` holds now.
+pub fn live_bytes_of(image: u64) -> u64 {
+    with_pool(|pool| {
+        pool.live
+            .values()
+            .filter(|b| b.image == image)
+            .map(|b| b.size as u64)
+            .sum()
+    })
+}
+
 /// Releases (for good) the blocks image `image` leaked, after they were
 /// reported: the image is gone, nothing can free them any more.
 pub fn forget_image(image: u64) {

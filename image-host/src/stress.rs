@@ -400,17 +400,6 @@ fn load(dir: &Path, image: &str, report: &mut ImageReport) -> Option<Driver> {
     Some(d)
 }
 
-/// The pool bytes image `id` holds now.
-fn pool_bytes_of(id: u64) -> u64 {
-    pool::live_blocks_of(id)
-        .iter()
-        .filter_map(|line| {
-            let bytes = line.rsplit(", ").next()?.strip_suffix(" bytes")?;
-            bytes.parse::<u64>().ok()
-        })
-        .sum()
-}
-
 /// Measures [`BindingMemory`] with one provider and one client load. The
 /// loads count in `report`'s leak checks, not in its cycles.
 fn measure_binding_memory(dir: &Path, report: &mut ImageReport) -> Option<BindingMemory> {
@@ -429,9 +418,9 @@ fn measure_binding_memory(dir: &Path, report: &mut ImageReport) -> Option<Bindin
         }
     };
     let id = provider.id();
-    let before_unload = pool_bytes_of(id);
+    let before_unload = pool::live_bytes_of(id);
     unload(client, &mut scratch);
-    let after_cleanup = pool_bytes_of(id);
+    let after_cleanup = pool::live_bytes_of(id);
     // The provider's own bytes before any binding: unload and load again
     // would be a new image; instead its first-attach growth is what stays
     // above the module's load-time bytes, recorded by a second, unbound
@@ -439,7 +428,7 @@ fn measure_binding_memory(dir: &Path, report: &mut ImageReport) -> Option<Bindin
     unload(provider, &mut scratch);
     let alone = load(dir, PROVIDER_IMAGE, &mut scratch)?;
     report.loaded_ids.extend(scratch.loaded_ids.last().copied());
-    let module_bytes = pool_bytes_of(alone.id());
+    let module_bytes = pool::live_bytes_of(alone.id());
     unload(alone, &mut scratch);
     Some(BindingMemory {
         processors: crate::ntoskrnl::ke_query_maximum_processor_count_ex(0),

@@ -175,9 +175,11 @@ impl Protect for ExCacheAware {
     }
     #[inline(always)]
     fn release(&self) {
-        // The release CAS on the current processor's count may take it below
-        // zero (a migrated call); `ExRundown`'s encoding cannot, so this
-        // model releases on the same one, which costs the same.
+        // As on Windows, the release looks the processor up again and
+        // releases on that processor's count: the same cost. A call that
+        // migrated takes Windows' count below zero; `ExRundown`'s encoding
+        // wraps instead, which is harmless here (nothing drains this one;
+        // only the cost is measured).
         self.current().release();
     }
 }

@@ -26,7 +26,7 @@
 use std::ffi::c_void;
 use std::ptr;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 
 use nmr_common::ffi::*;
 use nmr_common::nmr::Nmr;
@@ -120,66 +120,38 @@ const _: () = {
     assert!(size_of::<ClientDispatch>() == 16);
 };
 
-/// What one peer saw; plain counts, summed over a run.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Tally {
-    /// Loads (registrations).
-    pub loads: u64,
-    /// Attach callbacks called.
-    pub offers: u64,
-    /// Offers of a peer of another NPI id (the NMR broke R1).
-    pub wrong_npi: u64,
-    /// The old provider: attach offers from our clients, which must have
-    /// declined it first.
-    pub accepted_wrongly: u64,
-    /// Bindings it attached (the failing client: before failing).
-    pub attached: u64,
-    /// The failing client: failures returned after the provider attached.
-    pub failed_after_attach: u64,
-    /// Offers it declined because the peer was another hostile peer.
-    pub declined_hostile: u64,
-    /// The failing client: `NmrClientAttachProvider` failed (declined by ours).
-    pub declined_by_ours: u64,
-    /// Calls through the providers' tables (none may come).
-    pub calls: u64,
-    /// `notify` calls into the failing client.
-    pub notifications: u64,
-    /// Detach callbacks.
-    pub detaches: u64,
-    /// Cleanup callbacks.
-    pub cleanups: u64,
-}
-
-impl Tally {
-    fn add(&mut self, o: &Tally) {
-        self.loads += o.loads;
-        self.offers += o.offers;
-        self.wrong_npi += o.wrong_npi;
-        self.accepted_wrongly += o.accepted_wrongly;
-        self.attached += o.attached;
-        self.failed_after_attach += o.failed_after_attach;
-        self.declined_hostile += o.declined_hostile;
-        self.declined_by_ours += o.declined_by_ours;
-        self.calls += o.calls;
-        self.notifications += o.notifications;
-        self.detaches += o.detaches;
-        self.cleanups += o.cleanups;
+nmr_common::counters! {
+    /// What one peer counts as it runs (atomics: its callbacks run on any
+    /// thread, detach and cleanup at DISPATCH_LEVEL).
+    pub struct Counters =>
+    /// What one peer saw; plain counts, summed over a run.
+    Tally {
+        /// Loads (registrations).
+        loads,
+        /// Attach callbacks called.
+        offers,
+        /// Offers of a peer of another NPI id (the NMR broke R1).
+        wrong_npi,
+        /// The old provider: attach offers from our clients, which must have
+        /// declined it first.
+        accepted_wrongly,
+        /// Bindings it attached (the failing client: before failing).
+        attached,
+        /// The failing client: failures returned after the provider attached.
+        failed_after_attach,
+        /// Offers it declined because the peer was another hostile peer.
+        declined_hostile,
+        /// The failing client: `NmrClientAttachProvider` failed (declined by ours).
+        declined_by_ours,
+        /// Calls through the providers' tables (none may come).
+        calls,
+        /// `notify` calls into the failing client.
+        notifications,
+        /// Detach callbacks.
+        detaches,
+        /// Cleanup callbacks.
+        cleanups,
     }
-}
-
-#[derive(Default)]
-struct Counters {
-    offers: AtomicU64,
-    wrong_npi: AtomicU64,
-    accepted_wrongly: AtomicU64,
-    attached: AtomicU64,
-    failed_after_attach: AtomicU64,
-    declined_hostile: AtomicU64,
-    declined_by_ours: AtomicU64,
-    calls: AtomicU64,
-    notifications: AtomicU64,
-    detaches: AtomicU64,
-    cleanups: AtomicU64,
 }
 
 /// One binding of a peer: its context, alive until the peer is dropped
@@ -362,20 +334,9 @@ impl HostilePeer {
 
     /// What it saw so far (one load).
     pub fn tally(&self) -> Tally {
-        let c = &self.peer.counts;
         Tally {
             loads: 1,
-            offers: c.offers.load(Relaxed),
-            wrong_npi: c.wrong_npi.load(Relaxed),
-            accepted_wrongly: c.accepted_wrongly.load(Relaxed),
-            attached: c.attached.load(Relaxed),
-            failed_after_attach: c.failed_after_attach.load(Relaxed),
-            declined_hostile: c.declined_hostile.load(Relaxed),
-            declined_by_ours: c.declined_by_ours.load(Relaxed),
-            calls: c.calls.load(Relaxed),
-            notifications: c.notifications.load(Relaxed),
-            detaches: c.detaches.load(Relaxed),
-            cleanups: c.cleanups.load(Relaxed),
+            ..self.peer.counts.snapshot()
         }
     }
 }

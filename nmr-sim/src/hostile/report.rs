@@ -1,38 +1,36 @@
 //! The hostile side of a stress run: our modules' declines by reason, what
 //! the peers saw, and the checks that fail the run.
 
-use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::Relaxed;
 
 use nmr_common::ffi::nt_success;
 
 use super::{Hostile, HostilePeer, Tally};
 use crate::violation::Violation;
 
-/// Why one of our modules declined a peer, as its trace line says.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Declines {
-    /// The version ranges do not overlap (`peer versions ...`).
-    pub version: u64,
-    /// Of which the older provider's `0..=0`.
-    pub older: u64,
-    /// A dispatch table that does not fit.
-    pub dispatch: u64,
-    /// A malformed module id.
-    pub module_id: u64,
-    /// No usable NPI characteristics.
-    pub characteristics: u64,
-    /// Anything else (the provider declined, no memory...).
-    pub other: u64,
-    /// Bindings a client attached and left unused (`peer-fault ... binding
-    /// unused`): the short table.
-    pub unused: u64,
-}
-
-/// Counts our modules' decline and unused-binding trace lines (from any
-/// thread: the stresses feed it every such line).
-#[derive(Debug, Default)]
-pub struct DeclineTally {
-    counts: Mutex<Declines>,
+nmr_common::counters! {
+    /// Counts our modules' decline and unused-binding trace lines, by reason
+    /// (atomics: the lines come from any thread, at any IRQL).
+    pub struct DeclineTally =>
+    /// Why one of our modules declined a peer, as its trace line says.
+    Declines {
+        /// The version ranges do not overlap (`peer versions ...`).
+        version,
+        /// Of which the older provider's `0..=0`.
+        older,
+        /// A dispatch table that does not fit.
+        dispatch,
+        /// A malformed module id.
+        module_id,
+        /// No usable NPI characteristics.
+        characteristics,
+        /// Anything else (the provider declined, no memory...).
+        other,
+        /// Bindings a client attached and left unused (`peer-fault ...
+        /// binding unused`): the short table.
+        unused,
+    }
 }
 
 impl DeclineTally {
@@ -43,28 +41,28 @@ impl DeclineTally {
         if !declined && !unused {
             return;
         }
-        let mut d = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let count = |counter: &AtomicU64| counter.fetch_add(1, Relaxed);
         if unused {
-            d.unused += 1;
+            count(&self.unused);
         } else if line.contains("peer versions") {
-            d.version += 1;
+            count(&self.version);
             if line.contains("peer versions 0..=0 ") {
-                d.older += 1;
+                count(&self.older);
             }
         } else if line.contains("dispatch table") {
-            d.dispatch += 1;
+            count(&self.dispatch);
         } else if line.contains("module id") {
-            d.module_id += 1;
+            count(&self.module_id);
         } else if line.contains("NPI characteristics") {
-            d.characteristics += 1;
+            count(&self.characteristics);
         } else {
-            d.other += 1;
+            count(&self.other);
         }
     }
 
     /// The counts so far.
     pub fn counts(&self) -> Declines {
-        *self.counts.lock().unwrap_or_else(|e| e.into_inner())
+        self.snapshot()
     }
 }
 
@@ -90,14 +88,7 @@ impl HostileReport {
 
     /// Adds a phase's decline counts.
     pub fn add_declines(&mut self, d: &Declines) {
-        let s = &mut self.declines;
-        s.version += d.version;
-        s.older += d.older;
-        s.dispatch += d.dispatch;
-        s.module_id += d.module_id;
-        s.characteristics += d.characteristics;
-        s.other += d.other;
-        s.unused += d.unused;
+        self.declines.add(d);
     }
 
     /// Counts and removes the violations the failing clients earned (their

@@ -217,9 +217,7 @@ impl ImageReport {
                     .into(),
             );
         }
-        // A client failing after attach (R3) leaves a provider side only.
-        let r3 = self.hostile.r3_recoveries();
-        f.extend(n.detach_imbalances_per_side(n.bindings_made, n.bindings_made + r3));
+        f.extend(self.hostile.detach_failures(n));
         f.extend(self.hostile.failures(self.cycles >= 1_000));
         f
     }

@@ -121,18 +121,14 @@ impl Stats {
     }
 
     /// Where the detach books of a finished run (every module unloaded) do
-    /// not balance against the `bindings` it made: every PENDING completed
-    /// exactly once, every binding detached once per side and cleaned up once
-    /// per side. Empty when they balance.
-    pub fn detach_imbalances(&self, bindings: u64) -> Vec<String> {
-        self.detach_imbalances_per_side(bindings, bindings)
-    }
-
-    /// [`Stats::detach_imbalances`] where the provider side counts more
-    /// bindings than the client side: those of a client that failed after
-    /// its provider attached (R3), whose provider side alone the NMR
-    /// detaches and cleans up.
-    pub fn detach_imbalances_per_side(&self, client: u64, provider: u64) -> Vec<String> {
+    /// not balance: every PENDING completed exactly once, every binding
+    /// detached once per side and cleaned up once per side. The client side
+    /// counts the bindings made; the provider side every attach it accepted,
+    /// which also counts those of a client that failed after
+    /// `NmrClientAttachProvider` succeeded (R3): the NMR detaches and cleans
+    /// up their provider side alone. Empty when they balance.
+    pub fn detach_imbalances(&self) -> Vec<String> {
+        let (client, provider) = (self.bindings_made, self.attaches);
         let mut problems = Vec::new();
         if self.client_completes != self.client_detach_pending
             || self.provider_completes != self.provider_detach_pending

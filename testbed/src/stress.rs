@@ -133,9 +133,7 @@ impl Report {
                 self.client.calls
             ));
         }
-        // A client failing after attach (R3) leaves a provider side only.
-        let r3 = self.hostile.r3_recoveries();
-        f.extend(n.detach_imbalances_per_side(n.attaches - r3, n.attaches));
+        f.extend(self.hostile.detach_failures(n));
         f.extend(self.hostile.failures(self.cycles >= 1_000));
         f
     }

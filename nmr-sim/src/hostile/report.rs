@@ -186,6 +186,23 @@ impl HostileReport {
         ]
     }
 
+    /// Where the model's detach books of a finished run do not balance
+    /// ([`crate::Stats::detach_imbalances`]), and whether its accepted
+    /// attaches beyond its bindings are exactly the failing clients'
+    /// failures after attaching (R3 leaves a provider side only).
+    pub fn detach_failures(&self, stats: &crate::Stats) -> Vec<String> {
+        let mut f = stats.detach_imbalances();
+        let r3 = self.r3_recoveries();
+        if stats.attaches.checked_sub(stats.bindings_made) != Some(r3) {
+            f.push(format!(
+                "the model counted {} accepted attaches and {} bindings, but the failing \
+                 clients failed {r3} times after attaching",
+                stats.attaches, stats.bindings_made
+            ));
+        }
+        f
+    }
+
     /// Where ours (or the NMR) broke the contract with a hostile peer;
     /// `coverage`: also fail if a kind was never exercised (long runs).
     pub fn failures(&self, coverage: bool) -> Vec<String> {

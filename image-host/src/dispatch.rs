@@ -171,6 +171,4 @@ pub(crate) fn wrap(table: *const std::ffi::c_void) -> *const std::ffi::c_void {
 pub(crate) fn forget_image(base: usize) {
     let mut tables = TABLES.lock().unwrap_or_else(|e| e.into_inner());
     tables.retain(|w| w.image_base != base);
-    drop(tables);
-    crate::netio::forget_image(base);
 }

@@ -321,5 +321,6 @@ impl Drop for Driver {
             .retain(|(b, _, _)| *b != base);
         pool::forget_image(self.ctx.id);
         crate::dispatch::forget_image(base);
+        crate::netio::forget_image(base);
     }
 }

@@ -36,14 +36,22 @@ fn model(call: &str, image: &str) -> Option<Sim> {
 /// The copies of characteristics the model holds, with the image base of
 /// their callbacks (dropped when that image is unmapped).
 #[allow(dead_code)] // held for the model, never read here
-enum Copy {
+enum Kept {
     Client(Box<NPI_CLIENT_CHARACTERISTICS>),
     Provider(Box<NPI_PROVIDER_CHARACTERISTICS>),
 }
 // SAFETY: the copies are plain data the model reads; their pointers lead
 // into the image (ids, GUIDs), which is immutable while registered.
-unsafe impl Send for Copy {}
-static COPIES: Mutex<Vec<(usize, Copy)>> = Mutex::new(Vec::new());
+unsafe impl Send for Kept {}
+static COPIES: Mutex<Vec<(usize, Kept)>> = Mutex::new(Vec::new());
+
+/// Keeps a copy for the model, until the image at `base` is unmapped.
+fn keep(base: usize, copy: Kept) {
+    COPIES
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push((base, copy));
+}
 
 /// Drops the copies whose callbacks are in the image mapped at `base`.
 pub(crate) fn forget_image(base: usize) {
@@ -54,7 +62,7 @@ pub(crate) fn forget_image(base: usize) {
 }
 
 /// The entry thunk for a callback in an image (itself otherwise).
-fn thunked<F: std::marker::Copy>(f: Option<F>) -> Option<F> {
+fn thunked<F: Copy>(f: Option<F>) -> Option<F> {
     let f = f?;
     // SAFETY: F is a function pointer type (the callback's), pointer-sized.
     let addr = unsafe { std::mem::transmute_copy::<F, usize>(&f) };
@@ -101,10 +109,7 @@ pub(crate) extern "win64" fn nmr_register_client(
             });
             let ptr: *const NPI_CLIENT_CHARACTERISTICS = &*copy;
             let base = callback_image(c.ClientAttachProvider.map(|f| f as usize));
-            COPIES
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push((base, Copy::Client(copy)));
+            keep(base, Kept::Client(copy));
             ptr
         }
         None => characteristics,
@@ -143,10 +148,7 @@ pub(crate) extern "win64" fn nmr_register_provider(
             });
             let ptr: *const NPI_PROVIDER_CHARACTERISTICS = &*copy;
             let base = callback_image(c.ProviderAttachClient.map(|f| f as usize));
-            COPIES
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push((base, Copy::Provider(copy)));
+            keep(base, Kept::Provider(copy));
             ptr
         }
         None => characteristics,
